@@ -1,0 +1,9 @@
+//! The activator's building blocks: the breaker that bounds concurrency and queueing (shared with
+//! the executor-shim), the time-weighted concurrency meter, and the stat message both report to
+//! the autoscaler. It never spawns anything.
+
+pub mod breaker;
+pub mod stats;
+
+pub use breaker::{Breaker, BreakerError, Permit};
+pub use stats::{ConcurrencyMeter, Stat};

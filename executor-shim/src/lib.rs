@@ -1,0 +1,373 @@
+//! The executor-shim wraps one Executor replica, like Knative's queue-proxy plus a supervisor:
+//! it starts the Executor in its own process group, waits for gRPC health SERVING, proxies the
+//! Executor's RPCs, bounds concurrency with a breaker, measures time-weighted concurrency and
+//! request rate (`/stats`, `/metrics`), and drains on SIGTERM. It makes no scaling decisions.
+
+pub mod child;
+mod metrics;
+pub mod proxy;
+
+use anyhow::Context as _;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tonic::Status;
+use tonic_health::ServingStatus;
+use zeroflow_activator::{Breaker, ConcurrencyMeter, Stat};
+
+pub use metrics::Metrics;
+
+/// How the shim runs; `Default` holds the queue-proxy defaults, tests shorten the waits.
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    /// Executor (deployment) name, for messages.
+    pub executor: String,
+    /// Replica id, for messages and stats.
+    pub replica: String,
+    /// The Executor command; `{port}` in an argument becomes the child's port.
+    pub command: Vec<String>,
+    /// The child's port; None picks a free one.
+    pub child_port: Option<u16>,
+    /// containerConcurrency: 0 = no limit.
+    pub container_concurrency: usize,
+    /// How often readiness is polled while the child starts.
+    pub ready_poll: Duration,
+    /// Give up if the child is not SERVING by then.
+    pub startup_timeout: Duration,
+    /// On SIGTERM: the longest to wait for in-flight requests.
+    pub drain_timeout: Duration,
+    /// After SIGTERM to the child's group: how long before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        ShimConfig {
+            executor: "executor".into(),
+            replica: "executor-0".into(),
+            command: vec![],
+            child_port: None,
+            container_concurrency: 0,
+            ready_poll: Duration::from_millis(50),
+            startup_timeout: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared state of one running shim.
+pub struct State {
+    pub executor: String,
+    pub replica: String,
+    pub breaker: Option<Breaker>,
+    pub channel: tonic::transport::Channel,
+    meter: Mutex<ConcurrencyMeter>,
+    last_stat: Mutex<Stat>,
+    draining: AtomicBool,
+    ready: watch::Sender<bool>,
+    idle: Notify,
+    pub metrics: Metrics,
+    startup_timeout: Duration,
+}
+
+impl State {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Requests that arrive before the child is SERVING wait for it rather than fail.
+    pub async fn wait_ready(&self) -> Result<(), Status> {
+        let mut rx = self.ready.subscribe();
+        let waited = tokio::time::timeout(self.startup_timeout, rx.wait_for(|r| *r)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Status::unavailable(format!(
+                "Executor {} (replica {}) did not become ready",
+                self.executor, self.replica
+            ))),
+        }
+    }
+
+    fn start(&self, proxied: bool) {
+        let mut m = self.meter.lock();
+        m.start(Instant::now(), proxied);
+        self.metrics.in_flight.set(m.in_flight() as i64);
+    }
+
+    fn finish(&self, proxied: bool) {
+        let mut m = self.meter.lock();
+        m.finish(Instant::now(), proxied);
+        self.metrics.in_flight.set(m.in_flight() as i64);
+        if m.in_flight() == 0 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn record_result<T>(&self, data: bool, r: &Result<T, Status>) {
+        if data {
+            let code = match r {
+                Ok(_) => "OK".to_string(),
+                Err(s) => format!("{:?}", s.code()),
+            };
+            self.metrics.count_request(&code);
+        }
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.meter.lock().in_flight()
+    }
+
+    /// The stat of the last closed period (reports run every second).
+    pub fn last_stat(&self) -> Stat {
+        let mut s = self.last_stat.lock().clone();
+        s.in_flight = self.in_flight();
+        s
+    }
+
+    fn close_period(&self) {
+        let stat = self.meter.lock().report(Instant::now(), &self.replica);
+        self.metrics.observe_stat(&stat);
+        *self.last_stat.lock() = stat;
+    }
+}
+
+/// Why the shim stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained after a shutdown request.
+    Drained,
+    /// The Executor exited on its own (code, stderr tail).
+    ChildExited { status: String, stderr_tail: String },
+    /// The Executor never became ready.
+    NotReady { stderr_tail: String },
+}
+
+/// What the shim tells whoever started it, on stdout, once: a line the runtime reads so it learns
+/// readiness the moment it happens instead of polling.
+pub const READY_LINE_PREFIX: &str = "ZEROFLOW_READY ";
+
+pub struct Shim {
+    pub state: Arc<State>,
+    config: ShimConfig,
+    grpc: TcpListener,
+    admin: TcpListener,
+}
+
+impl Shim {
+    pub fn new(config: ShimConfig, grpc: TcpListener, admin: TcpListener) -> anyhow::Result<Self> {
+        if config.command.is_empty() {
+            anyhow::bail!("no Executor command given: pass it after `--`");
+        }
+        let breaker = Breaker::for_container_concurrency(config.container_concurrency)
+            .context("containerConcurrency")?;
+        let child_port = match config.child_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{child_port}"))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let (ready, _) = watch::channel(false);
+        let now = Instant::now();
+        let state = Arc::new(State {
+            executor: config.executor.clone(),
+            replica: config.replica.clone(),
+            breaker,
+            channel,
+            meter: Mutex::new(ConcurrencyMeter::new(now)),
+            last_stat: Mutex::new(Stat {
+                pod: config.replica.clone(),
+                ..Stat::default()
+            }),
+            draining: AtomicBool::new(false),
+            ready,
+            idle: Notify::new(),
+            metrics: Metrics::new(&config.executor, &config.replica),
+            startup_timeout: config.startup_timeout,
+        });
+        let mut config = config;
+        config.child_port = Some(child_port);
+        Ok(Shim {
+            state,
+            config,
+            grpc,
+            admin,
+        })
+    }
+
+    /// Runs until `shutdown` resolves (then drains) or the child exits.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<Exit> {
+        let Shim {
+            state,
+            config,
+            grpc,
+            admin,
+        } = self;
+        let child_port = config.child_port.expect("set in new");
+        let grpc_addr = grpc.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+
+        let router = axum::Router::new()
+            .route_service("/grpc.health.v1.Health/{*rest}", health_svc)
+            .fallback_service(proxy::ProxyService {
+                state: state.clone(),
+            });
+        let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_routes(tonic::service::Routes::from(router))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    async {
+                        let _ = stop_server_rx.await;
+                    },
+                ),
+        );
+        let admin_server = tokio::spawn({
+            let app = metrics::admin_router(state.clone());
+            async move { axum::serve(admin, app).await }
+        });
+        let reporter = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    state.close_period();
+                }
+            }
+        });
+
+        let mut child = child::Child::spawn(&config.command, child_port, &config.replica)?;
+        tracing::info!(
+            executor = %config.executor, replica = %config.replica, pid = child.pid(),
+            child_port, %grpc_addr, %admin_addr, "started executor"
+        );
+
+        let started = Instant::now();
+        let readiness = wait_child_serving(&state.channel, config.ready_poll, config.startup_timeout);
+        tokio::pin!(shutdown);
+        let exit = tokio::select! {
+            ready = readiness => {
+                if ready {
+                    state.ready.send_replace(true);
+                    state.metrics.ready.set(1);
+                    set_health(&health, ServingStatus::Serving).await;
+                    tracing::info!(replica = %config.replica, startup_ms = started.elapsed().as_millis() as u64, "executor is serving");
+                    println!("{READY_LINE_PREFIX}grpc={grpc_addr} admin={admin_addr} startup_ms={}", started.elapsed().as_millis());
+                    None
+                } else {
+                    Some(Exit::NotReady { stderr_tail: child.tail.text() })
+                }
+            }
+            status = child.wait() => Some(Exit::ChildExited {
+                status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                stderr_tail: child.tail.text(),
+            }),
+            _ = &mut shutdown => Some(Exit::Drained),
+        };
+
+        let exit = match exit {
+            Some(e) => e,
+            None => tokio::select! {
+                status = child.wait() => Exit::ChildExited {
+                    status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    stderr_tail: child.tail.text(),
+                },
+                _ = &mut shutdown => Exit::Drained,
+            },
+        };
+
+        // Whatever the reason, stop taking work first, then let in-flight requests finish.
+        state.draining.store(true, Ordering::Release);
+        state.metrics.draining.set(1);
+        state.metrics.ready.set(0);
+        set_health(&health, ServingStatus::NotServing).await;
+        if exit == Exit::Drained {
+            let drained = tokio::time::timeout(config.drain_timeout, async {
+                loop {
+                    let idle = state.idle.notified();
+                    if state.in_flight() == 0 {
+                        break;
+                    }
+                    idle.await;
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(in_flight = state.in_flight(), "drain timeout: stopping with requests in flight");
+            }
+        }
+        let _ = stop_server_tx.send(());
+        let status = child.stop(config.stop_grace).await;
+        tracing::info!(replica = %config.replica, ?status, "executor stopped");
+        reporter.abort();
+        admin_server.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        Ok(exit)
+    }
+}
+
+async fn set_health(h: &tonic_health::server::HealthReporter, s: ServingStatus) {
+    // jina answers health for "" and for each of its service names; so does the shim.
+    for svc in [
+        "",
+        "jina.JinaRPC",
+        "jina.JinaSingleDataRequestRPC",
+        "jina.JinaDataRequestRPC",
+        "jina.JinaDiscoverEndpointsRPC",
+        "jina.JinaInfoRPC",
+    ] {
+        h.set_service_status(svc, s).await;
+    }
+}
+
+/// Polls the child's gRPC health every `poll` until SERVING; false after `timeout`.
+pub async fn wait_child_serving(
+    channel: &tonic::transport::Channel,
+    poll: Duration,
+    timeout: Duration,
+) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus as S;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let deadline = Instant::now() + timeout;
+    let mut client = HealthClient::new(channel.clone());
+    loop {
+        let check = tokio::time::timeout(
+            Duration::from_millis(100).max(poll),
+            client.check(HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .await;
+        if let Ok(Ok(resp)) = check
+            && resp.get_ref().status == S::Serving as i32
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

@@ -1,0 +1,106 @@
+//! `zeroflow-shim`: wraps one Executor replica. Thin main: flags, tracing, bind, run, exit code.
+
+use clap::Parser;
+use std::time::Duration;
+use zeroflow_shim::{Exit, Shim, ShimConfig};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Wraps one Executor replica: supervises it, proxies its RPCs, reports stats, drains on SIGTERM")]
+struct Args {
+    /// Executor name (used in messages and metrics).
+    #[arg(long, default_value = "executor")]
+    executor: String,
+    /// Replica id.
+    #[arg(long)]
+    replica: Option<String>,
+    /// Address to serve the Executor's gRPC on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// gRPC port (0 picks a free one; the ready line on stdout says which).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Port of /stats, /metrics and /ready (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    admin_port: u16,
+    /// Port the Executor listens on; `{port}` in the command is replaced by it. Default: a free one.
+    #[arg(long)]
+    child_port: Option<u16>,
+    /// Most requests the Executor gets at once; 0 = no limit. Beyond it, 10x waits, then UNAVAILABLE.
+    #[arg(long, default_value_t = 0)]
+    container_concurrency: usize,
+    /// On SIGTERM, the longest wait for in-flight requests.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// The longest wait for the Executor to serve.
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    startup_timeout: Duration,
+    /// After SIGTERM to the Executor, how long before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_grace: Duration,
+    /// The Executor command, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let replica = args.replica.clone().unwrap_or_else(|| format!("{}-0", args.executor));
+    let config = ShimConfig {
+        executor: args.executor.clone(),
+        replica,
+        command: args.command.clone(),
+        child_port: args.child_port,
+        container_concurrency: args.container_concurrency,
+        drain_timeout: args.drain_timeout,
+        startup_timeout: args.startup_timeout,
+        stop_grace: args.stop_grace,
+        ..ShimConfig::default()
+    };
+    let code = match run(config, &args).await {
+        Ok(Exit::Drained) => 0,
+        Ok(Exit::ChildExited { status, stderr_tail }) => {
+            eprintln!(
+                "Executor {} exited ({status}). Last lines of its stderr:\n{stderr_tail}",
+                args.executor
+            );
+            3
+        }
+        Ok(Exit::NotReady { stderr_tail }) => {
+            eprintln!(
+                "Executor {} did not serve within {:?}. Last lines of its stderr:\n{stderr_tail}",
+                args.executor, args.startup_timeout
+            );
+            4
+        }
+        Err(e) => {
+            eprintln!("zeroflow-shim: {e:#}");
+            64
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(config: ShimConfig, args: &Args) -> anyhow::Result<Exit> {
+    let grpc = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let admin = tokio::net::TcpListener::bind((args.host.as_str(), args.admin_port)).await?;
+    let shim = Shim::new(config, grpc, admin)?;
+    shim.run(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}
