@@ -3,7 +3,9 @@
 //! the autoscaler. It never spawns anything.
 
 pub mod breaker;
+pub mod replicas;
 pub mod stats;
 
 pub use breaker::{Breaker, BreakerError, Permit};
+pub use replicas::{CallOptions, Replica, ReplicaSet};
 pub use stats::{ConcurrencyMeter, Stat};

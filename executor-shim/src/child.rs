@@ -118,7 +118,7 @@ impl Child {
 /// Ask the kernel to SIGKILL the child if the shim dies without cleaning up (e.g. SIGKILL), so
 /// no Executor outlives its shim.
 #[allow(unsafe_code)]
-fn set_parent_death_signal(cmd: &mut Command) {
+pub fn set_parent_death_signal(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
     // is async-signal-safe; it allocates nothing and touches no locks.
     unsafe {

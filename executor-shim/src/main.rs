@@ -50,6 +50,7 @@ async fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let replica = args.replica.clone().unwrap_or_else(|| format!("{}-0", args.executor));

@@ -1,1 +1,5 @@
-//! The control plane: REST API, store, artifacts, reconciler and runtime backends (filled by the platform issue).
+//! The platform: runtime backends that start and stop Executor replicas (the `local` backend runs
+//! each replica as an executor-shim child process on this machine), and, with the platform
+//! issue, the control plane. It does not duplicate the gateway or the autoscaler.
+
+pub mod local;

@@ -45,6 +45,12 @@ pub struct Gateway {
     pub cors: bool,
     pub title: Option<String>,
     pub description: Option<String>,
+    /// `gateway.jcloud.resources` (storage does not apply to the gateway).
+    pub resources: Resources,
+    /// `gateway.jcloud.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `gateway.jcloud.monitor.traces.enable`.
+    pub traces: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -105,6 +111,11 @@ pub struct Executor {
     pub external: Option<ExternalAddress>,
     /// `port` when given (for local runs).
     pub port: Option<u16>,
+    /// Zeroflow extension, executor key `command:` (a list of strings, or one string split on
+    /// whitespace): run this program, which speaks the Jina executor protocol, instead of
+    /// `jina executor`. `{port}` in an argument is the port it must listen on. Jina drops the
+    /// key with a warning, so the YAML still loads there.
+    pub command: Option<Vec<String>>,
     pub jcloud: ExecutorJcloud,
 }
 
@@ -139,6 +150,8 @@ pub struct ExecutorJcloud {
     pub labels: BTreeMap<String, String>,
     pub min_available: Option<u32>,
     pub max_unavailable: Option<u32>,
+    /// `jcloud.monitor.traces.enable` of this Executor.
+    pub traces: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -181,13 +194,17 @@ pub struct Resources {
     pub storage: Option<Storage>,
 }
 
-/// A JCloud instance tier with its cores, memory and credits per hour.
+/// A JCloud instance tier with its cores, memory and credits per hour, from JCloud's tables.
+/// The GPU tiers' table gives no core count: `cpu` is 0 for them. `memory_gib` holds the table's
+/// "GB" figure.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Instance {
     pub name: String,
     pub cpu: f64,
     pub memory_gib: f64,
     pub gpus: u32,
+    /// G1: one GPU time-sliced with up to four other Executors.
+    pub gpu_shared: bool,
     pub credits_per_hour: f64,
 }
 
@@ -202,7 +219,8 @@ pub enum StorageKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Storage {
     pub kind: StorageKind,
-    /// Size in bytes, when given (`10G`, `500M`).
+    /// Size in bytes (`10G` = 10^9, `10Gi` = 2^30, as Kubernetes quantities); efs and ebs default
+    /// to JCloud's 5 GB, ephemeral has no size unless given.
     pub size: Option<u64>,
     pub retain: bool,
 }

@@ -1,0 +1,943 @@
+//! From the substituted YAML tree to the normalized [`Flow`]: Jina's loader rules (naming,
+//! `needs`, argument inheritance, Deployment YAML) and Zeroflow's validation.
+
+use crate::diag::{Diags, Reader, describe, join_index, join_key, scalar_text, suggest, to_json};
+use crate::jcloud;
+use crate::keys::*;
+use crate::model::*;
+use crate::yaml::{Entry, Node, Value};
+use regex::Regex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+const GATEWAY: &str = "gateway";
+const HUB_SCHEMES: &[&str] = &[
+    "jinaai",
+    "jinaai+docker",
+    "jinaai+serverless",
+    "jinaai+sandbox",
+    "jinahub",
+    "jinahub+docker",
+    "jinahub+sandbox",
+    "jinahub+serverless",
+];
+const USES_ALLOWED: &str = "a class name, a YAML path (.yml/.yaml), an inline mapping, null, or a docker://, jinaai://, jinaai+docker://, jinaai+serverless://, jinahub://, jinahub+docker://, jinahub+sandbox:// reference";
+
+static CLASS_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$").expect("static regex"));
+
+pub(crate) struct Ctx {
+    pub cap: u32,
+}
+
+/// Python's `str.isidentifier()`, which Jina requires of Executor names.
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c == '_' || c.is_alphabetic() => chars.all(|c| c == '_' || c.is_alphanumeric()),
+        _ => false,
+    }
+}
+
+fn empty_map() -> Node {
+    Node { v: Value::Map(vec![]), line: 0, col: 0 }
+}
+
+/// Looks a key up under any of its aliases (`port`/`ports`, `protocol`/`protocols`, ...).
+fn get_any<'n>(n: &'n Node, keys: &[&str]) -> Option<(&'n Node, String)> {
+    keys.iter().find_map(|k| n.get(k).map(|v| (v, (*k).to_string())))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway
+
+struct GatewayIn<'a> {
+    with: &'a Node,
+    with_path: String,
+    section: Option<&'a Node>,
+}
+
+impl GatewayIn<'_> {
+    /// The gateway section's value wins over `with:`'s, as `Flow.config_gateway` does.
+    fn get(&self, keys: &[&str]) -> Option<(&Node, String)> {
+        if let Some(s) = self.section
+            && let Some((n, k)) = get_any(s, keys)
+        {
+            return Some((n, join_key(GATEWAY, &k)));
+        }
+        get_any(self.with, keys).map(|(n, k)| (n, join_key(&self.with_path, &k)))
+    }
+}
+
+fn protocol_of(n: &Node, field: &str, d: &mut Diags) -> Option<Protocol> {
+    match n.as_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("grpc") => Some(Protocol::Grpc),
+        Some("http") => Some(Protocol::Http),
+        Some("websocket") => Some(Protocol::Websocket),
+        _ => {
+            d.bad(n, field, "one of grpc, http, websocket (any case)");
+            None
+        }
+    }
+}
+
+fn listeners(proto: Option<(&Node, String)>, port: Option<(&Node, String)>, d: &mut Diags) -> Vec<Listener> {
+    let mut protocols = Vec::new();
+    let mut ok = true;
+    if let Some((n, field)) = &proto {
+        match &n.v {
+            Value::Null => {}
+            Value::Seq(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    match protocol_of(it, &join_index(field, i), d) {
+                        Some(p) => protocols.push(p),
+                        None => ok = false,
+                    }
+                }
+            }
+            _ => match protocol_of(n, field, d) {
+                Some(p) => protocols.push(p),
+                None => ok = false,
+            },
+        }
+    }
+    if protocols.is_empty() && ok {
+        protocols.push(Protocol::Grpc);
+    }
+    let mut ports = Vec::new();
+    if let Some((n, field)) = &port {
+        match &n.v {
+            Value::Null => {}
+            Value::Seq(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    match (Reader { d }).port(it, &join_index(field, i)) {
+                        Some(p) => ports.push(p),
+                        None => ok = false,
+                    }
+                }
+            }
+            _ => match (Reader { d }).port(n, field) {
+                Some(p) => ports.push(p),
+                None => ok = false,
+            },
+        }
+    }
+    if !ok {
+        return vec![];
+    }
+    if ports.is_empty() {
+        return protocols.into_iter().map(|protocol| Listener { protocol, port: None }).collect();
+    }
+    if ports.len() == protocols.len() {
+        return protocols.into_iter().zip(ports).map(|(protocol, p)| Listener { protocol, port: Some(p) }).collect();
+    }
+    let (n, field) = port.as_ref().map_or((None, String::new()), |(n, f)| (Some(*n), f.clone()));
+    let (line, col) = n.map_or((0, 0), |n| (n.line, n.col));
+    if ports.len() == 1 {
+        // Jina starts a multi-protocol gateway given one port on random ports for all of them.
+        d.warn_at(line, col, &field, format!("one port for {} protocols: Jina ignores it and picks a free port for each protocol, and so does Zeroflow; give one port per protocol", protocols.len()));
+        return protocols.into_iter().map(|protocol| Listener { protocol, port: None }).collect();
+    }
+    d.error_at(line, col, &field, format!("got {} ports for {} protocols, allowed: one port per protocol, paired by position", ports.len(), protocols.len()));
+    vec![]
+}
+
+fn gateway(g: &GatewayIn, jc: Option<&Node>, d: &mut Diags) -> Gateway {
+    let listeners = listeners(g.get(&["protocol", "protocols"]), g.get(&["port", "ports", "port_expose", "port_in"]), d);
+    let mut prefetch = 1000;
+    if let Some((n, f)) = g.get(&["prefetch"])
+        && let Some(v) = (Reader { d }).u32(n, &f, 0, u32::MAX, "an integer >= 0 (0 = unlimited)")
+    {
+        prefetch = v;
+    }
+    let timeout_send = g.get(&["timeout_send"]).and_then(|(n, f)| timeout_ms(n, &f, d));
+    let host = g.get(&["host", "host_in"]).and_then(|(n, f)| host_of(n, &f, d));
+    let cors = g.get(&["cors"]).and_then(|(n, f)| (Reader { d }).bool(n, &f)).unwrap_or(false);
+    let title = g.get(&["title"]).and_then(|(n, f)| opt_text(n, &f, d));
+    let description = g.get(&["description"]).and_then(|(n, f)| opt_text(n, &f, d));
+    let j = jcloud::gateway(jc, GATEWAY, d);
+    if let Some(s) = g.section
+        && let Some(u) = s.get("uses")
+        && !u.is_null()
+    {
+        d.warn(u, "gateway.uses", "a custom gateway is not supported: Zeroflow serves the Flow with its own gateway");
+    }
+    Gateway {
+        listeners,
+        prefetch,
+        timeout_send,
+        idle_timeout: j.idle_timeout,
+        expose: j.expose,
+        host,
+        cors,
+        title,
+        description,
+        resources: j.resources,
+        labels: j.labels,
+        traces: j.traces,
+    }
+}
+
+fn opt_text(n: &Node, f: &str, d: &mut Diags) -> Option<String> {
+    if n.is_null() {
+        return None;
+    }
+    (Reader { d }).text(n, f, "a string")
+}
+
+fn host_of(n: &Node, f: &str, d: &mut Diags) -> Option<String> {
+    match &n.v {
+        Value::Null => None,
+        Value::Seq(items) => {
+            if items.len() > 1 {
+                d.warn(n, f, "several hosts given: Zeroflow uses the first");
+            }
+            items.first().and_then(|h| (Reader { d }).text(h, &join_index(f, 0), "a host name or address"))
+        }
+        _ => (Reader { d }).text(n, f, "a host name or address"),
+    }
+}
+
+/// `timeout_send` in milliseconds; Jina reads -1 (or any value <= 0) as "no timeout".
+fn timeout_ms(n: &Node, f: &str, d: &mut Diags) -> Option<Duration> {
+    if n.is_null() {
+        return None;
+    }
+    let v = (Reader { d }).int(n, f, i64::MIN, i64::MAX, "an integer of milliseconds (-1 = no timeout)")?;
+    (v > 0).then(|| Duration::from_millis(v.unsigned_abs()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Executors
+
+/// One Executor's arguments: its own mapping, then what the Flow's `with:` hands down.
+struct Args<'a> {
+    own: &'a Node,
+    path: String,
+    inherited: &'a [Entry],
+    with_path: String,
+}
+
+impl Args<'_> {
+    fn get(&self, keys: &[&str]) -> Option<(&Node, String)> {
+        if let Some((n, k)) = get_any(self.own, keys) {
+            return Some((n, join_key(&self.path, &k)));
+        }
+        self.inherited
+            .iter()
+            .find(|e| keys.contains(&e.key.as_str()))
+            .map(|e| (&e.value, join_key(&self.with_path, &e.key)))
+    }
+}
+
+fn uses_of(n: Option<&Node>, field: &str, d: &mut Diags) -> Uses {
+    let Some(n) = n else { return Uses::PassThrough };
+    match &n.v {
+        Value::Null => Uses::PassThrough,
+        Value::Map(_) => Uses::Inline { config: to_json(n) },
+        Value::Str(s) => {
+            let s = s.trim();
+            if let Some((scheme, rest)) = s.split_once("://") {
+                if rest.is_empty() {
+                    d.bad(n, field, "a reference after the scheme, e.g. jinaai+docker://user/Executor");
+                    return Uses::PassThrough;
+                }
+                if scheme == "docker" {
+                    return Uses::Docker { image: rest.to_string() };
+                }
+                if HUB_SCHEMES.contains(&scheme) {
+                    return Uses::Hub { scheme: scheme.to_string(), reference: rest.to_string() };
+                }
+                d.bad(n, field, USES_ALLOWED);
+                return Uses::PassThrough;
+            }
+            let lower = s.to_ascii_lowercase();
+            if lower.ends_with(".yml") || lower.ends_with(".yaml") || lower.ends_with(".jaml") {
+                return Uses::Config { path: s.to_string() };
+            }
+            if s.starts_with('{')
+                && let Ok(v @ serde_json::Value::Object(_)) = serde_json::from_str::<serde_json::Value>(s)
+            {
+                return Uses::Inline { config: v };
+            }
+            if (s.starts_with('!') || s.starts_with("jtype:"))
+                && let Ok(p) = crate::yaml::parse(s)
+                && let Some(root) = p.root
+                && root.is_map()
+            {
+                return Uses::Inline { config: to_json(&root) };
+            }
+            if CLASS_NAME.is_match(s) {
+                return Uses::Class { name: s.to_string() };
+            }
+            d.bad(n, field, USES_ALLOWED);
+            Uses::PassThrough
+        }
+        _ => {
+            d.bad(n, field, USES_ALLOWED);
+            Uses::PassThrough
+        }
+    }
+}
+
+fn json_map(a: &Args, key: &str, d: &mut Diags) -> serde_json::Map<String, serde_json::Value> {
+    let Some((n, f)) = a.get(&[key]) else { return Default::default() };
+    match &n.v {
+        Value::Null => Default::default(),
+        Value::Map(_) => match to_json(n) {
+            serde_json::Value::Object(m) => m,
+            _ => Default::default(),
+        },
+        Value::Str(s) => match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => {
+                d.bad(n, &f, "a mapping (or a JSON object as a string)");
+                Default::default()
+            }
+        },
+        _ => {
+            d.bad(n, &f, "a mapping (or a JSON object as a string)");
+            Default::default()
+        }
+    }
+}
+
+fn string_list(n: &Node, f: &str, d: &mut Diags) -> Vec<String> {
+    match &n.v {
+        Value::Null => vec![],
+        Value::Str(s) => vec![s.clone()],
+        Value::Seq(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, it)| (Reader { d }).string(it, &join_index(f, i), "a string"))
+            .collect(),
+        _ => {
+            d.bad(n, f, "a string or a list of strings");
+            vec![]
+        }
+    }
+}
+
+fn env_map(n: &Node, f: &str, d: &mut Diags) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if n.is_null() {
+        return out;
+    }
+    let Some(entries) = (Reader { d }).map(n, f, "a mapping of variable names to values") else { return out };
+    for e in entries {
+        match scalar_text(&e.value) {
+            Some(v) if !matches!(e.value.v, Value::Seq(_) | Value::Map(_)) => {
+                out.insert(e.key.clone(), v);
+            }
+            _ => d.bad(&e.value, &join_key(f, &e.key), "a string, number or boolean"),
+        }
+    }
+    out
+}
+
+fn secrets(n: &Node, f: &str, d: &mut Diags) -> BTreeMap<String, SecretRef> {
+    let mut out = BTreeMap::new();
+    if n.is_null() {
+        return out;
+    }
+    let allowed = "a mapping of variable names to {name: <secret>, key: <key>}";
+    let Some(entries) = (Reader { d }).map(n, f, allowed) else { return out };
+    for e in entries {
+        let ef = join_key(f, &e.key);
+        if (Reader { d }).map(&e.value, &ef, "{name: <secret>, key: <key>}").is_none() {
+            continue;
+        }
+        d.unknown_keys(&e.value, &ef, &[&["name", "key"]], "`env_from_secret`");
+        let mut part = |k: &str| match e.value.get(k) {
+            Some(v) => (Reader { d }).text(v, &join_key(&ef, k), "a non-empty string"),
+            None => {
+                d.error(&e.value, &ef, format!("missing `{k}`; allowed: {{name: <secret>, key: <key>}}"));
+                None
+            }
+        };
+        let name = part("name");
+        let key = part("key");
+        if let (Some(name), Some(key)) = (name, key) {
+            out.insert(e.key.clone(), SecretRef { name, key });
+        }
+    }
+    out
+}
+
+fn polling(a: &Args, d: &mut Diags) -> Polling {
+    let Some((n, f)) = a.get(&["polling"]) else { return Polling::Any };
+    let one = |n: &Node, f: &str, d: &mut Diags| match n.as_str().map(str::to_ascii_uppercase).as_deref() {
+        Some("ANY") => Some(Polling::Any),
+        Some("ALL") => Some(Polling::All),
+        _ => {
+            d.bad(n, f, "ANY or ALL (any case), or a mapping of endpoints to ANY/ALL");
+            None
+        }
+    };
+    match &n.v {
+        Value::Null => Polling::Any,
+        Value::Map(entries) => {
+            let mut star = None;
+            for e in entries {
+                let p = one(&e.value, &join_key(&f, &e.key), d);
+                if e.key == "*" {
+                    star = p;
+                }
+            }
+            let chosen = star.unwrap_or(Polling::Any);
+            let name = if chosen == Polling::All { "ALL" } else { "ANY" };
+            d.warn(n, &f, format!("per-endpoint polling is not supported: Zeroflow uses {name} (the `*` entry, else ANY) for every endpoint"));
+            chosen
+        }
+        _ => one(n, &f, d).unwrap_or(Polling::Any),
+    }
+}
+
+/// What the caller knows of an Executor besides its arguments.
+struct ExecMeta {
+    name: String,
+    needs: Vec<String>,
+    port_is_gateway: bool,
+}
+
+fn executor(a: &Args, meta: ExecMeta, jc: Option<&Node>, jc_path: &str, ctx: &Ctx, d: &mut Diags) -> Executor {
+    let (uses_node, uses_path) = match a.get(&["uses"]) {
+        Some((n, f)) => (Some(n), f),
+        None => (None, join_key(&a.path, "uses")),
+    };
+    let uses = uses_of(uses_node, &uses_path, d);
+    let serverless = matches!(&uses, Uses::Hub { scheme, .. } if scheme.ends_with("+serverless"));
+    let mut replicas = 1;
+    let replicas_node = a.get(&["replicas"]);
+    if let Some((n, f)) = &replicas_node
+        && let Some(v) = (Reader { d }).u32(n, f, 1, u32::MAX, "an integer >= 1")
+    {
+        replicas = v;
+    }
+    let mut shards = 1;
+    if let Some((n, f)) = a.get(&["shards"])
+        && let Some(v) = (Reader { d }).u32(n, &f, 1, u32::MAX, "an integer >= 1")
+    {
+        shards = v;
+    }
+    let polling = polling(a, d);
+    let bool_arg = |keys: &[&str], d: &mut Diags| a.get(keys).and_then(|(n, f)| (!n.is_null()).then(|| (Reader { d }).bool(n, &f)).flatten()).unwrap_or(false);
+    let no_reduce = bool_arg(&["no_reduce", "disable_reduce"], d);
+    let floating = bool_arg(&["floating"], d);
+    let tls = bool_arg(&["tls"], d);
+    let external_flag = bool_arg(&["external"], d);
+    let timeout_send = a.get(&["timeout_send"]).and_then(|(n, f)| timeout_ms(n, &f, d));
+    let mut retries = -1;
+    if let Some((n, f)) = a.get(&["retries"])
+        && !n.is_null()
+        && let Some(v) = (Reader { d }).int(n, &f, i64::from(i32::MIN), i64::from(i32::MAX), "an integer (-1 = decide from the replica count)")
+    {
+        retries = i32::try_from(v).unwrap_or(-1);
+    }
+    let env = a.get(&["env"]).map(|(n, f)| env_map(n, &f, d)).unwrap_or_default();
+    let env_from_secret = a.get(&["env_from_secret"]).map(|(n, f)| secrets(n, &f, d)).unwrap_or_default();
+    let py_modules = a.get(&["py_modules"]).map(|(n, f)| string_list(n, &f, d)).unwrap_or_default();
+    let when = match a.get(&["when"]) {
+        None => None,
+        Some((n, _)) if n.is_null() => None,
+        Some((n, _)) if n.is_map() => Some(to_json(n)),
+        Some((n, f)) => {
+            d.bad(n, &f, "a mapping of document conditions, e.g. {tags__key: {$eq: value}}");
+            None
+        }
+    };
+    let host = a.get(&["host", "host_in"]).and_then(|(n, f)| host_of(n, &f, d));
+    let port_node = a.get(&["port", "ports"]);
+    let port = match &port_node {
+        None => None,
+        Some((n, _)) if n.is_null() => None,
+        Some((n, f)) => match &n.v {
+            Value::Seq(items) => {
+                if items.len() > 1 {
+                    d.warn(n, f, "several ports given: Zeroflow uses the first");
+                }
+                items.first().and_then(|p| (Reader { d }).port(p, &join_index(f, 0)))
+            }
+            _ => (Reader { d }).port(n, f),
+        },
+    };
+    for k in UNSUPPORTED_EXECUTOR {
+        if let Some((n, f)) = a.get(&[k])
+            && !n.is_null()
+        {
+            d.warn(n, &f, format!("`{k}` is not supported by Zeroflow and is ignored: shard results are merged by the gateway"));
+        }
+    }
+    let external = if external_flag {
+        let mut host = host.clone();
+        let mut tls = tls;
+        if let Some(h) = &host {
+            if let Some(rest) = h.strip_prefix("grpcs://") {
+                tls = true;
+                host = Some(rest.to_string());
+            } else if let Some(rest) = h.strip_prefix("grpc://") {
+                host = Some(rest.to_string());
+            }
+        }
+        match (host, port) {
+            (Some(host), Some(port)) => Some(ExternalAddress { host, port, tls }),
+            (h, p) => {
+                let missing: Vec<&str> = [h.is_none().then_some("host"), p.is_none().then_some("port")].into_iter().flatten().collect();
+                let (at, _) = a.get(&["external"]).unwrap_or((a.own, a.path.clone()));
+                d.error(at, &join_key(&a.path, "external"), format!("an external Executor needs `host` and `port`; missing: {}", missing.join(", ")));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let facts = jcloud::ExecutorFacts { serverless, replicas, cap: ctx.cap };
+    let jc_own = jcloud::executor(jc, jc_path, &facts, d);
+    if jc_own.autoscale_set
+        && let Some((n, f)) = &replicas_node
+        && replicas > 1
+    {
+        d.warn(n, f, format!("`replicas` is ignored: autoscaling decides the count, from {} to {}", jc_own.autoscale.min, jc_own.autoscale.max));
+    }
+    Executor {
+        name: meta.name,
+        uses,
+        uses_with: json_map(a, "uses_with", d),
+        uses_metas: json_map(a, "uses_metas", d),
+        uses_requests: json_map(a, "uses_requests", d),
+        py_modules,
+        env,
+        env_from_secret,
+        replicas,
+        shards,
+        polling,
+        needs: meta.needs,
+        when,
+        no_reduce,
+        floating,
+        timeout_send,
+        retries,
+        port: if external_flag || meta.port_is_gateway { None } else { port },
+        command: a.get(&["command"]).and_then(|(n, f)| command(n, &f, d)),
+        external,
+        jcloud: jc_own,
+    }
+}
+
+/// Zeroflow's `command:`: a list of strings, or one string split on whitespace.
+fn command(n: &Node, f: &str, d: &mut Diags) -> Option<Vec<String>> {
+    let allowed = "a non-empty list of strings, or one string (split on whitespace)";
+    let argv: Vec<String> = match &n.v {
+        Value::Null => return None,
+        Value::Str(s) => s.split_whitespace().map(str::to_string).collect(),
+        Value::Seq(items) => {
+            let mut out = Vec::new();
+            for (i, it) in items.iter().enumerate() {
+                match &it.v {
+                    Value::Seq(_) | Value::Map(_) | Value::Null => d.bad(it, &join_index(f, i), "a string"),
+                    // An argument such as `8080` or `true` is still text on a command line.
+                    _ => out.push(scalar_text(it).unwrap_or_default()),
+                }
+            }
+            out
+        }
+        _ => {
+            d.bad(n, f, allowed);
+            return None;
+        }
+    };
+    if argv.is_empty() {
+        d.bad(n, f, allowed);
+        return None;
+    }
+    Some(argv)
+}
+
+/// Where each `needs` entry was written, for errors found once all names are known.
+struct NeedsAt {
+    path: String,
+    line: usize,
+    col: usize,
+    items: Vec<(String, usize, usize)>,
+}
+
+fn needs_of(n: Option<(&Node, String)>, d: &mut Diags) -> Option<(Vec<(String, usize, usize)>, String, usize, usize)> {
+    let (n, f) = n?;
+    let items = match &n.v {
+        Value::Null => return None,
+        Value::Str(s) => vec![(s.clone(), n.line, n.col)],
+        Value::Seq(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, it)| (Reader { d }).string(it, &join_index(&f, i), "an Executor name or `gateway`").map(|s| (s, it.line, it.col)))
+            .collect(),
+        _ => {
+            d.bad(n, &f, "an Executor name, `gateway`, or a list of them");
+            return None;
+        }
+    };
+    if items.is_empty() {
+        // Jina reads an empty list as "not given".
+        return None;
+    }
+    Some((items, f, n.line, n.col))
+}
+
+struct Graph {
+    executors: Vec<Executor>,
+    needs_at: Vec<Option<NeedsAt>>,
+}
+
+struct Naming {
+    names: Vec<String>,
+    last: String,
+}
+
+impl Naming {
+    /// Jina's rule: a taken name gets the number of Executors so far appended.
+    fn unique(&self, wanted: String, at: &Node, field: &str, d: &mut Diags) -> String {
+        if !self.names.contains(&wanted) {
+            return wanted;
+        }
+        let mut n = format!("{wanted}{}", self.names.len());
+        while self.names.contains(&n) {
+            n.push('_');
+        }
+        d.warn(at, field, format!("the name `{wanted}` is already used; Jina renames this Executor to `{n}`, and so does Zeroflow: give it a unique name"));
+        n
+    }
+}
+
+fn flow_item(
+    item: &Node,
+    path: &str,
+    inherited: &[Entry],
+    naming: &mut Naming,
+    g: &mut Graph,
+    ctx: &Ctx,
+    d: &mut Diags,
+) {
+    if item.get("jtype").and_then(Node::as_str) == Some("Deployment") {
+        return inline_deployment(item, path, naming, g, ctx, d);
+    }
+    d.unknown_keys(item, path, &[DEPLOYMENT_ARGS, EXECUTOR_EXTRA], "an Executor");
+    let name_node = item.get("name");
+    if name_node.and_then(Node::as_str) == Some(GATEWAY) {
+        d.warn(name_node.unwrap_or(item), &join_key(path, "name"), "an Executor named `gateway` is skipped, as Jina skips it: the gateway is configured in `with:` and `gateway:`");
+        return;
+    }
+    let mut default_name = format!("executor{}", naming.names.len());
+    let needs_given = needs_of(item.get("needs").map(|n| (n, join_key(path, "needs"))), d);
+    if let Some(m) = item.get("method") {
+        let mf = join_key(path, "method");
+        match m.as_str() {
+            Some("add") => {}
+            Some("needs") => {
+                default_name = "joiner".into();
+                if needs_given.as_ref().is_none_or(|n| n.0.len() < 2) {
+                    d.error(m, &mf, "method `needs` joins several Executors: it needs a `needs` list of at least two names");
+                }
+            }
+            Some("inspect") => d.error(m, &mf, "got \"inspect\": inspect Executors are not supported by Zeroflow; allowed: add, needs"),
+            _ => d.bad(m, &mf, "add or needs"),
+        }
+    }
+    let nf = join_key(path, "name");
+    let name = match name_node {
+        None => default_name,
+        Some(n) => match &n.v {
+            Value::Null => default_name,
+            Value::Str(s) => {
+                if !is_identifier(s) {
+                    d.bad(n, &nf, "a Python identifier (letters, digits and `_`, not starting with a digit), as Jina requires");
+                }
+                naming.unique(s.clone(), n, &nf, d)
+            }
+            _ => {
+                d.bad(n, &nf, "a Python identifier (letters, digits and `_`, not starting with a digit), as Jina requires");
+                default_name
+            }
+        },
+    };
+    let (needs, needs_at) = match needs_given {
+        Some((items, f, line, col)) => {
+            let mut v: Vec<String> = Vec::new();
+            for (s, _, _) in &items {
+                if !v.contains(s) {
+                    v.push(s.clone());
+                }
+            }
+            (v, Some(NeedsAt { path: f, line, col, items }))
+        }
+        None => (vec![naming.last.clone()], None),
+    };
+    let args = Args { own: item, path: path.to_string(), inherited, with_path: "with".into() };
+    let meta = ExecMeta { name: name.clone(), needs, port_is_gateway: false };
+    let e = executor(&args, meta, item.get("jcloud"), path, ctx, d);
+    if !e.floating {
+        naming.last = name.clone();
+    }
+    naming.names.push(name);
+    g.executors.push(e);
+    g.needs_at.push(needs_at);
+}
+
+/// An `executors:` item written as `jtype: Deployment` with its own `with:`.
+fn inline_deployment(item: &Node, path: &str, naming: &mut Naming, g: &mut Graph, ctx: &Ctx, d: &mut Diags) {
+    d.unknown_keys(item, path, &[INLINE_DEPLOYMENT], "an inline Deployment");
+    if let Some(v) = item.entry("version") {
+        d.error_at(v.kline, v.kcol, &join_key(path, "version"), format!("got {}, allowed: no `version` (Jina rejects a version on a Deployment)", describe(&v.value)));
+    }
+    if let Some(n) = item.get("needs")
+        && !n.is_null()
+    {
+        d.warn(n, &join_key(path, "needs"), "Jina ignores `needs` on an inline Deployment: it follows the previous Executor");
+    }
+    let wpath = join_key(path, "with");
+    let empty = empty_map();
+    let with = match item.get("with") {
+        Some(w) if w.is_map() => w,
+        Some(w) => {
+            d.bad(w, &wpath, "a mapping of Deployment arguments");
+            &empty
+        }
+        None => {
+            d.error(item, &wpath, "missing; a `jtype: Deployment` item needs a `with:` block (Jina fails without one)");
+            &empty
+        }
+    };
+    d.unknown_keys(with, &wpath, &[DEPLOYMENT_ARGS, GATEWAY_ARGS, &["jcloud", "command"]], "a Deployment's `with`");
+    // Jina adds an inline Deployment under a positional name; `with.name` does not name the node.
+    let name = format!("executor{}", naming.names.len());
+    if let Some(n) = with.get("name")
+        && n.as_str() != Some(name.as_str())
+        && !n.is_null()
+    {
+        d.warn(n, &join_key(&wpath, "name"), format!("Jina names an inline Deployment by its position: this Executor is `{name}` in the Flow graph, not {}", describe(n)));
+    }
+    let name = naming.unique(name, item, &join_key(path, "name"), d);
+    let (jc, jc_path) = match (with.get("jcloud"), item.get("jcloud")) {
+        (Some(j), _) => (Some(j), wpath.clone()),
+        (None, j) => (j, path.to_string()),
+    };
+    let args = Args { own: with, path: wpath, inherited: &[], with_path: String::new() };
+    let meta = ExecMeta { name: name.clone(), needs: vec![naming.last.clone()], port_is_gateway: false };
+    let e = executor(&args, meta, jc, &jc_path, ctx, d);
+    if !e.floating {
+        naming.last = name.clone();
+    }
+    naming.names.push(name);
+    g.executors.push(e);
+    g.needs_at.push(None);
+}
+
+fn check_graph(g: &Graph, d: &mut Diags) {
+    let names: Vec<&str> = g.executors.iter().map(|e| e.name.as_str()).collect();
+    let mut known: Vec<&str> = vec![GATEWAY];
+    known.extend(names.iter().copied());
+    let mut bad = false;
+    for (e, at) in g.executors.iter().zip(&g.needs_at) {
+        let Some(at) = at else { continue };
+        for (need, line, col) in &at.items {
+            if need == &e.name {
+                d.error_at(*line, *col, &at.path, format!("Executor `{}` needs itself; allowed: another Executor or `gateway`", e.name));
+                bad = true;
+            } else if !known.contains(&need.as_str()) {
+                let mut msg = format!("Executor `{}` needs `{need}`, which is not in this Flow; known: {}", e.name, known.join(", "));
+                if let Some(s) = suggest(need, known.iter().copied()) {
+                    msg.push_str(&format!("; did you mean `{s}`?"));
+                }
+                d.error_at(*line, *col, &at.path, msg);
+                bad = true;
+            }
+        }
+    }
+    if bad {
+        return;
+    }
+    // Kahn's algorithm: whatever cannot be ordered lies on or behind a cycle.
+    let idx: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut indeg: Vec<usize> = g.executors.iter().map(|e| e.needs.iter().filter(|n| n.as_str() != GATEWAY).count()).collect();
+    let mut ready: Vec<usize> = (0..names.len()).filter(|i| indeg[*i] == 0).collect();
+    let mut done = BTreeSet::new();
+    while let Some(i) = ready.pop() {
+        done.insert(i);
+        for (j, e) in g.executors.iter().enumerate() {
+            if e.needs.iter().any(|n| n == names[i]) {
+                indeg[j] -= 1;
+                if indeg[j] == 0 {
+                    ready.push(j);
+                }
+            }
+        }
+    }
+    if done.len() == names.len() {
+        return;
+    }
+    // Walk predecessors from a stuck Executor until one repeats: that loop is the cycle.
+    let Some(start) = (0..names.len()).find(|i| !done.contains(i)) else { return };
+    let mut seen: Vec<usize> = vec![start];
+    let mut cur = start;
+    loop {
+        let Some(next) = g.executors[cur].needs.iter().filter_map(|n| idx.get(n.as_str()).copied()).find(|j| !done.contains(j)) else { return };
+        if let Some(pos) = seen.iter().position(|s| *s == next) {
+            let mut cycle: Vec<usize> = seen[pos..].to_vec();
+            cycle.reverse();
+            let first = *cycle.iter().min().unwrap_or(&next);
+            let rot = cycle.iter().position(|c| *c == first).unwrap_or(0);
+            cycle.rotate_left(rot);
+            let mut text: Vec<&str> = cycle.iter().map(|c| names[*c]).collect();
+            text.push(names[first]);
+            let (path, line, col) = match &g.needs_at[first] {
+                Some(at) => (at.path.clone(), at.line, at.col),
+                None => (String::new(), 0, 0),
+            };
+            d.error_at(line, col, &path, format!("the `needs` graph has a cycle: {}; allowed: a graph without cycles (each Executor runs after the ones it needs)", text.join(" -> ")));
+            return;
+        }
+        seen.push(next);
+        cur = next;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Documents
+
+fn check_version(root: &Node, d: &mut Diags) {
+    let Some(v) = root.get("version") else { return };
+    let text = match &v.v {
+        Value::Null => return,
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => crate::yaml::py_float(*f),
+        Value::Str(s) => s.clone(),
+        _ => String::new(),
+    };
+    if text.split('.').next() != Some("1") {
+        d.bad(v, "version", "1 (a Flow YAML of version 1: `1`, '1' or '1.0')");
+    }
+}
+
+pub(crate) fn load_flow(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
+    d.unknown_keys(root, "", &[FLOW_TOP], "a Flow");
+    check_version(root, d);
+    let empty = empty_map();
+    let with = match root.get("with") {
+        None => &empty,
+        Some(w) if w.is_null() => &empty,
+        Some(w) if w.is_map() => w,
+        Some(w) => {
+            d.bad(w, "with", "a mapping of Flow and gateway arguments");
+            &empty
+        }
+    };
+    d.unknown_keys(with, "with", &[FLOW_ARGS, GATEWAY_ARGS, DEPLOYMENT_ARGS, CLIENT_ARGS, WITH_EXTRA], "the Flow's `with`");
+    let section = match root.get(GATEWAY) {
+        None => None,
+        Some(s) if s.is_null() => None,
+        Some(s) if s.is_map() => Some(s),
+        Some(s) => {
+            d.bad(s, GATEWAY, "a mapping of gateway arguments");
+            None
+        }
+    };
+    if let Some(s) = section {
+        d.unknown_keys(s, GATEWAY, &[GATEWAY_ARGS, &["jcloud"]], "the `gateway` section");
+    }
+    let gw_in = GatewayIn { with, with_path: "with".into(), section };
+    let gateway = gateway(&gw_in, section.and_then(|s| s.get("jcloud")), d);
+    let env = with.get("env").map(|n| env_map(n, "with.env", d)).unwrap_or_default();
+    let inherited: Vec<Entry> = with.entries().iter().filter(|e| INHERITED.contains(&e.key.as_str())).cloned().collect();
+
+    let (list, list_key) = match (root.get("executors"), root.get("deployments")) {
+        (Some(e), dep) => {
+            if let Some(dn) = dep {
+                d.warn(dn, "deployments", "both `executors` and `deployments` are given: Jina reads only `executors`");
+            }
+            (Some(e), "executors")
+        }
+        (None, dep) => (dep, "deployments"),
+    };
+    let mut g = Graph { executors: vec![], needs_at: vec![] };
+    let mut naming = Naming { names: vec![], last: GATEWAY.into() };
+    match list.map(|l| &l.v) {
+        None | Some(Value::Null) => {}
+        Some(Value::Seq(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = join_index(list_key, i);
+                match &item.v {
+                    Value::Map(_) => flow_item(item, &path, &inherited, &mut naming, &mut g, ctx, d),
+                    Value::Str(_) => d.bad(item, &path, "an Executor mapping (a path to a Deployment YAML is not supported: inline it as `jtype: Deployment`)"),
+                    _ => d.bad(item, &path, "an Executor mapping"),
+                }
+            }
+        }
+        Some(_) => {
+            if let Some(l) = list {
+                d.bad(l, list_key, "a list of Executors");
+            }
+        }
+    }
+    check_graph(&g, d);
+    let jc = jcloud::flow(root.get("jcloud"), "jcloud", d);
+    Flow { name: jc.name.clone(), gateway, executors: g.executors, jcloud: jc, env }
+}
+
+/// A Deployment YAML: one Executor behind a gateway that listens where the Deployment would.
+pub(crate) fn load_deployment(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
+    d.unknown_keys(root, "", &[DEPLOYMENT_TOP], "a Deployment");
+    if let Some(v) = root.entry("version") {
+        d.error_at(v.kline, v.kcol, "version", format!("got {}, allowed: no `version` (Jina rejects a version on a Deployment)", describe(&v.value)));
+    }
+    let empty = empty_map();
+    let with = match root.get("with") {
+        Some(w) if w.is_map() => w,
+        Some(w) => {
+            d.bad(w, "with", "a mapping of Deployment arguments");
+            &empty
+        }
+        None => {
+            d.error(root, "with", "missing; a Deployment YAML needs a `with:` block (Jina fails without one)");
+            &empty
+        }
+    };
+    d.unknown_keys(with, "with", &[DEPLOYMENT_ARGS, GATEWAY_ARGS, &["jcloud", "command"]], "a Deployment's `with`");
+    let name = match with.get("name") {
+        None => "executor".to_string(),
+        Some(n) if n.is_null() => "executor".to_string(),
+        Some(n) => (Reader { d }).text(n, "with.name", "a name").unwrap_or_else(|| "executor".into()),
+    };
+    let gw_in = GatewayIn { with, with_path: "with".into(), section: None };
+    let top_jc = root.get("jcloud").filter(|j| !j.is_null());
+    let mut flow_jc = FlowJcloud { name: None, version: None, labels: BTreeMap::new(), traces: false };
+    let mut exec_jc_owned: Option<Node> = None;
+    if let Some(j) = top_jc
+        && (Reader { d }).map(j, "jcloud", "a mapping of JCloud settings").is_some()
+    {
+        d.unknown_keys(j, "jcloud", &[jcloud::flow_keys_list(), jcloud::executor_keys()], "a Deployment's `jcloud`");
+        jcloud::flow_keys(j, "jcloud", &mut flow_jc, d);
+        let exec_part: Vec<Entry> = j
+            .entries()
+            .iter()
+            .filter(|e| jcloud::executor_keys().contains(&e.key.as_str()) && !matches!(e.key.as_str(), "labels" | "monitor"))
+            .cloned()
+            .collect();
+        if with.get("jcloud").is_some() {
+            if let Some(e) = exec_part.first() {
+                d.warn_at(e.kline, e.kcol, &join_key("jcloud", &e.key), "ignored: `with.jcloud` holds this Deployment's Executor settings");
+            }
+        } else {
+            exec_jc_owned = Some(Node { v: Value::Map(exec_part), line: j.line, col: j.col });
+        }
+    }
+    let (jc, jc_path) = match with.get("jcloud") {
+        Some(j) => (Some(j), "with"),
+        None => (exec_jc_owned.as_ref(), ""),
+    };
+    let mut gateway = gateway(&gw_in, None, d);
+    gateway.timeout_send = None;
+    let args = Args { own: with, path: "with".into(), inherited: &[], with_path: String::new() };
+    let meta = ExecMeta { name, needs: vec![GATEWAY.into()], port_is_gateway: true };
+    let e = executor(&args, meta, jc, jc_path, ctx, d);
+    Flow { name: flow_jc.name.clone(), gateway, executors: vec![e], jcloud: flow_jc, env: BTreeMap::new() }
+}

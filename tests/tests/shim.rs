@@ -1,0 +1,176 @@
+//! The executor-shim as a process: draining on SIGTERM under load, reporting a crashed Executor,
+//! and transparency to a real `jina gateway` in front of a real `jina executor`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use zeroflow_proto::jina::jina_single_data_request_rpc_client::JinaSingleDataRequestRpcClient;
+use zeroflow_proto::jina::{DataRequestProto, HeaderProto};
+use zeroflow_tests::*;
+
+struct Shim {
+    child: Child,
+    grpc: String,
+    admin: String,
+}
+
+fn start_shim(extra: &[&str], command: &[&str]) -> Shim {
+    let mut child = Command::new(bin("zeroflow-shim"))
+        .args(["--executor", "echo", "--replica", "echo-0", "--drain-timeout", "60s"])
+        .args(extra)
+        .arg("--")
+        .args(command)
+        .env("PATH", path_with_venv())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn shim");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("ZEROFLOW_READY "))
+        .expect("the shim prints its ready line");
+    std::thread::spawn(move || for _ in lines {});
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k))
+            .expect("field")
+            .to_string()
+    };
+    Shim {
+        grpc: field("grpc="),
+        admin: field("admin="),
+        child,
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+fn request(i: usize) -> DataRequestProto {
+    DataRequestProto {
+        header: Some(HeaderProto {
+            request_id: format!("req-{i}"),
+            exec_endpoint: Some("/".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn sigterm_under_load_answers_every_accepted_request_and_leaves_no_process() {
+    let exec = bin("zeroflow-test-executor");
+    let exec = exec.to_str().expect("utf8");
+    let shim = start_shim(&[], &[exec, "--delay", "1500ms"]);
+    let child_pids = descendants(shim.child.id());
+    assert!(!child_pids.is_empty(), "the shim runs its Executor as a child");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let n = 24;
+    let url = format!("http://{}", shim.grpc);
+    let results = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to shim");
+        let mut calls = vec![];
+        for i in 0..n {
+            let mut c = JinaSingleDataRequestRpcClient::new(channel.clone());
+            calls.push(tokio::spawn(async move {
+                c.process_single_data(request(i)).await
+            }));
+        }
+        // Every request is accepted (in flight at the shim) before the signal goes out.
+        let admin = shim.admin.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_for("all requests in flight", Duration::from_secs(60), || {
+                let stats = http_get(&admin, "/stats");
+                let body = stats.split("\r\n\r\n").nth(1).unwrap_or("{}").to_string();
+                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                (v["in_flight"].as_u64()? == n as u64).then_some(())
+            })
+        })
+        .await
+        .expect("wait");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        futures::future::join_all(calls).await
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        let resp = r.expect("task").unwrap_or_else(|s| panic!("request {i} failed: {s}"));
+        assert_eq!(resp.get_ref().header.as_ref().unwrap().request_id, format!("req-{i}"));
+    }
+    let mut child = shim.child;
+    let status = wait_for("shim exit", Duration::from_secs(60), || child.try_wait().expect("wait"));
+    assert!(status.success(), "shim exit status {status}");
+    for p in child_pids {
+        assert!(!pid_alive(p), "Executor process {p} outlived its shim");
+    }
+}
+
+#[test]
+fn a_crashing_executor_is_reported_with_its_stderr() {
+    let exec = bin("zeroflow-test-executor");
+    let out = Command::new(bin("zeroflow-shim"))
+        .args(["--executor", "crashy", "--"])
+        .arg(&exec)
+        .args(["--crash-after", "200ms"])
+        .output()
+        .expect("run shim");
+    assert_eq!(out.status.code(), Some(3), "exit code for a dead Executor");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Executor crashy exited"), "{stderr}");
+    assert!(stderr.contains("crashing on purpose"), "stderr tail missing: {stderr}");
+}
+
+#[test]
+fn a_missing_command_is_a_clear_error() {
+    let out = Command::new(bin("zeroflow-shim"))
+        .args(["--executor", "x", "--", "/nonexistent/zeroflow-no-such-binary"])
+        .output()
+        .expect("run shim");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot start `/nonexistent/zeroflow-no-such-binary`"), "{stderr}");
+}
+
+#[test]
+fn metrics_and_stats_are_served() {
+    let exec = bin("zeroflow-test-executor");
+    let shim = start_shim(&["--container-concurrency", "2"], &[exec.to_str().expect("utf8")]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = JinaSingleDataRequestRpcClient::connect(format!("http://{}", shim.grpc))
+            .await
+            .expect("connect");
+        for i in 0..3 {
+            c.process_single_data(request(i)).await.expect("ok");
+        }
+    });
+    let metrics = http_get(&shim.admin, "/metrics");
+    assert!(
+        metrics.contains("zeroflow_shim_requests_total{executor=\"echo\",replica=\"echo-0\",code=\"OK\"} 3"),
+        "{metrics}"
+    );
+    assert!(http_get(&shim.admin, "/ready").starts_with("HTTP/1.0 200"));
+    let mut child = shim.child;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = wait_for("shim exit", Duration::from_secs(60), || child.try_wait().expect("wait"));
+    assert!(status.success());
+}
