@@ -116,13 +116,20 @@ impl Graph {
                 next_shard: AtomicUsize::new(0),
             });
         }
+        // As in jina, the response comes from the last non-floating Executor as declared; other
+        // leaves ("hanging" Executors) and floating ones still run but nobody waits for them.
         let needed: Vec<bool> = (0..n)
             .map(|i| nodes.iter().any(|m| m.needs.contains(&i)))
             .collect();
-        let ends = (0..n)
-            .filter(|&i| !needed[i] && !nodes[i].floating)
+        let last = order
+            .iter()
+            .rev()
+            .find(|&&i| !flow.executors[i].floating)
+            .map(|i| pos[i]);
+        let ends: Vec<usize> = last.into_iter().collect();
+        let floating = (0..n)
+            .filter(|&i| !needed[i] && !ends.contains(&i))
             .collect();
-        let floating = (0..n).filter(|&i| nodes[i].floating).collect();
         Ok(Graph {
             nodes,
             ends,

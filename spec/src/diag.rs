@@ -12,12 +12,34 @@ pub(crate) struct Diags {
 }
 
 impl Diags {
-    pub(crate) fn error_at(&mut self, line: usize, column: usize, field: &str, message: impl Into<String>) {
-        self.errors.push(Diagnostic { line, column, field: field.to_string(), message: message.into() });
+    pub(crate) fn error_at(
+        &mut self,
+        line: usize,
+        column: usize,
+        field: &str,
+        message: impl Into<String>,
+    ) {
+        self.errors.push(Diagnostic {
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+        });
     }
 
-    pub(crate) fn warn_at(&mut self, line: usize, column: usize, field: &str, message: impl Into<String>) {
-        self.warnings.push(Diagnostic { line, column, field: field.to_string(), message: message.into() });
+    pub(crate) fn warn_at(
+        &mut self,
+        line: usize,
+        column: usize,
+        field: &str,
+        message: impl Into<String>,
+    ) {
+        self.warnings.push(Diagnostic {
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+        });
     }
 
     pub(crate) fn error(&mut self, n: &Node, field: &str, message: impl Into<String>) {
@@ -40,7 +62,10 @@ impl Diags {
             if known.iter().any(|set| set.contains(&e.key.as_str())) {
                 continue;
             }
-            let mut msg = format!("unknown key `{}` in {what} is ignored (Jina drops unknown keys too)", e.key);
+            let mut msg = format!(
+                "unknown key `{}` in {what} is ignored (Jina drops unknown keys too)",
+                e.key
+            );
             if let Some(s) = suggest(&e.key, known.iter().flat_map(|s| s.iter().copied())) {
                 msg.push_str(&format!("; did you mean `{s}`?"));
             }
@@ -80,7 +105,11 @@ pub(crate) fn describe(n: &Node) -> String {
         Value::Int(i) => i.to_string(),
         Value::Float(f) => py_float(*f),
         Value::Str(s) => {
-            let shown: String = if s.chars().count() > 80 { s.chars().take(77).collect::<String>() + "..." } else { s.clone() };
+            let shown: String = if s.chars().count() > 80 {
+                s.chars().take(77).collect::<String>() + "..."
+            } else {
+                s.clone()
+            };
             serde_json::Value::String(shown).to_string()
         }
         Value::Seq(items) => format!("a list of {}", items.len()),
@@ -90,12 +119,20 @@ pub(crate) fn describe(n: &Node) -> String {
 
 /// The closest candidate by edit distance, when it is close enough to be a likely typo.
 pub(crate) fn suggest<'a>(key: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    // No key anyone means is this long; skipping keeps hostile input cheap.
+    if key.len() > 64 {
+        return None;
+    }
     let norm = |s: &str| s.to_ascii_lowercase().replace(['_', '-'], "");
     let nk = norm(key);
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         // `min_available` for `minAvailable`: the same word in another case style.
-        let d = if norm(c) == nk { 0 } else { levenshtein(&key.to_ascii_lowercase(), &c.to_ascii_lowercase()) };
+        let d = if norm(c) == nk {
+            0
+        } else {
+            levenshtein(&key.to_ascii_lowercase(), &c.to_ascii_lowercase())
+        };
         if best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
@@ -109,20 +146,32 @@ pub(crate) fn suggest<'a>(key: &str, candidates: impl Iterator<Item = &'a str>) 
     (d <= limit).then_some(c)
 }
 
+/// Edit distance counting a swap of two neighbours as one edit (optimal string alignment), so
+/// that `mni` is one edit from `min`.
 fn levenshtein(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
+    let w = b.len() + 1;
+    let mut m = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        m[i * w] = i;
+    }
+    for (j, cell) in m.iter_mut().enumerate().take(w) {
+        *cell = j;
+    }
     for i in 1..=a.len() {
-        cur[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            let mut v = (m[(i - 1) * w + j] + 1)
+                .min(m[i * w + j - 1] + 1)
+                .min(m[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(m[(i - 2) * w + j - 2] + 1);
+            }
+            m[i * w + j] = v;
         }
-        std::mem::swap(&mut prev, &mut cur);
     }
-    prev[b.len()]
+    m[a.len() * w + b.len()]
 }
 
 /// Typed reads. Each returns None after recording an error when the value cannot be taken.
@@ -131,7 +180,14 @@ pub(crate) struct Reader<'d> {
 }
 
 impl Reader<'_> {
-    pub(crate) fn int(&mut self, n: &Node, field: &str, min: i64, max: i64, allowed: &str) -> Option<i64> {
+    pub(crate) fn int(
+        &mut self,
+        n: &Node,
+        field: &str,
+        min: i64,
+        max: i64,
+        allowed: &str,
+    ) -> Option<i64> {
         match n.v {
             Value::Int(i) if (min..=max).contains(&i) => Some(i),
             _ => {
@@ -141,8 +197,16 @@ impl Reader<'_> {
         }
     }
 
-    pub(crate) fn u32(&mut self, n: &Node, field: &str, min: u32, max: u32, allowed: &str) -> Option<u32> {
-        self.int(n, field, i64::from(min), i64::from(max), allowed).and_then(|i| u32::try_from(i).ok())
+    pub(crate) fn u32(
+        &mut self,
+        n: &Node,
+        field: &str,
+        min: u32,
+        max: u32,
+        allowed: &str,
+    ) -> Option<u32> {
+        self.int(n, field, i64::from(min), i64::from(max), allowed)
+            .and_then(|i| u32::try_from(i).ok())
     }
 
     pub(crate) fn bool(&mut self, n: &Node, field: &str) -> Option<bool> {
@@ -156,7 +220,8 @@ impl Reader<'_> {
     }
 
     pub(crate) fn port(&mut self, n: &Node, field: &str) -> Option<u16> {
-        self.int(n, field, 0, 65535, "a port number from 0 to 65535").and_then(|i| u16::try_from(i).ok())
+        self.int(n, field, 0, 65535, "a port number from 0 to 65535")
+            .and_then(|i| u16::try_from(i).ok())
     }
 
     /// A string; numbers are taken as their text, as Python's `str()` would give it.
@@ -183,7 +248,12 @@ impl Reader<'_> {
         }
     }
 
-    pub(crate) fn map<'n>(&mut self, n: &'n Node, field: &str, allowed: &str) -> Option<&'n [Entry]> {
+    pub(crate) fn map<'n>(
+        &mut self,
+        n: &'n Node,
+        field: &str,
+        allowed: &str,
+    ) -> Option<&'n [Entry]> {
         match &n.v {
             Value::Map(e) => Some(e),
             _ => {
@@ -216,7 +286,12 @@ pub(crate) fn to_json(n: &Node) -> serde_json::Value {
         Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
         Value::Str(s) => J::String(s.clone()),
         Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
-        Value::Map(entries) => J::Object(entries.iter().map(|e| (e.key.clone(), to_json(&e.value))).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|e| (e.key.clone(), to_json(&e.value)))
+                .collect(),
+        ),
     }
 }
 
@@ -226,10 +301,20 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        let keys = ["replicas", "shards", "minAvailable", "maxUnavailable", "uses"];
+        let keys = [
+            "replicas",
+            "shards",
+            "minAvailable",
+            "maxUnavailable",
+            "uses",
+        ];
         assert_eq!(suggest("replica", keys.iter().copied()), Some("replicas"));
-        assert_eq!(suggest("min_available", keys.iter().copied()), Some("minAvailable"));
+        assert_eq!(
+            suggest("min_available", keys.iter().copied()),
+            Some("minAvailable")
+        );
         assert_eq!(suggest("totally_else", keys.iter().copied()), None);
         assert_eq!(suggest("use", keys.iter().copied()), Some("uses"));
+        assert_eq!(suggest("mni", ["min", "max"].into_iter()), Some("min"));
     }
 }

@@ -24,8 +24,9 @@ const HUB_SCHEMES: &[&str] = &[
 ];
 const USES_ALLOWED: &str = "a class name, a YAML path (.yml/.yaml), an inline mapping, null, or a docker://, jinaai://, jinaai+docker://, jinaai+serverless://, jinahub://, jinahub+docker://, jinahub+sandbox:// reference";
 
-static CLASS_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$").expect("static regex"));
+static CLASS_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$").expect("static regex")
+});
 
 pub(crate) struct Ctx {
     pub cap: u32,
@@ -41,12 +42,134 @@ fn is_identifier(s: &str) -> bool {
 }
 
 fn empty_map() -> Node {
-    Node { v: Value::Map(vec![]), line: 0, col: 0 }
+    Node {
+        v: Value::Map(vec![]),
+        line: 0,
+        col: 0,
+    }
 }
 
 /// Looks a key up under any of its aliases (`port`/`ports`, `protocol`/`protocols`, ...).
 fn get_any<'n>(n: &'n Node, keys: &[&str]) -> Option<(&'n Node, String)> {
-    keys.iter().find_map(|k| n.get(k).map(|v| (v, (*k).to_string())))
+    keys.iter()
+        .find_map(|k| n.get(k).map(|v| (v, (*k).to_string())))
+}
+
+/// Reads a mapping of arguments the way Jina's argparse reads them: `-` and `_` are the same,
+/// an exact option name is taken, and so is an unambiguous prefix of one of the `primary`
+/// parser's options (argparse abbreviations: Jina reads `polli: ALL` as `polling: ALL`). A
+/// prefix of several options makes Jina exit, so it is an error here. Anything else is dropped
+/// with a warning, as Jina drops it. Returns the mapping with full option names as keys.
+fn resolve_args(
+    map: &Node,
+    path: &str,
+    primary: &[&str],
+    fallbacks: &[&[&str]],
+    extra: &[&str],
+    what: &str,
+    d: &mut Diags,
+) -> Node {
+    let Value::Map(entries) = &map.v else {
+        return map.clone();
+    };
+    let known = |k: &str| {
+        extra.contains(&k) || primary.contains(&k) || fallbacks.iter().any(|f| f.contains(&k))
+    };
+    let prefixed = |set: &[&str], k: &str| -> Vec<String> {
+        set.iter()
+            .filter(|o| o.starts_with(k))
+            .map(|o| (*o).to_string())
+            .collect()
+    };
+    let mut out: Vec<Entry> = Vec::new();
+    for e in entries {
+        let field = join_key(path, &e.key);
+        if known(&e.key) {
+            out.push(e.clone());
+            continue;
+        }
+        let norm = e.key.replace('-', "_");
+        let argparse_like =
+            !norm.is_empty() && norm.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if argparse_like && known(&norm) {
+            d.warn_at(
+                e.kline,
+                e.kcol,
+                &field,
+                format!("Jina reads `{}` as `{norm}`; write `{norm}`", e.key),
+            );
+            out.push(Entry {
+                key: norm,
+                ..e.clone()
+            });
+            continue;
+        }
+        let mut ambiguous: Vec<String> = Vec::new();
+        if argparse_like {
+            let m = prefixed(primary, &norm);
+            if m.len() == 1 {
+                d.warn_at(
+                    e.kline,
+                    e.kcol,
+                    &field,
+                    format!(
+                        "Jina reads `{}` as `{}` (argparse accepts abbreviations); write `{}`",
+                        e.key, m[0], m[0]
+                    ),
+                );
+                out.push(Entry {
+                    key: m[0].clone(),
+                    ..e.clone()
+                });
+                continue;
+            }
+            ambiguous = if m.len() > 1 {
+                m
+            } else {
+                fallbacks
+                    .iter()
+                    .map(|f| prefixed(f, &norm))
+                    .find(|m| m.len() > 1)
+                    .unwrap_or_default()
+            };
+        }
+        if !ambiguous.is_empty() {
+            d.error_at(e.kline, e.kcol, &field, format!("`{}` is an ambiguous abbreviation that makes Jina reject the spec: it could be {}; allowed: a full argument name", e.key, ambiguous.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")));
+            continue;
+        }
+        let mut msg = format!(
+            "unknown key `{}` in {what} is ignored (Jina drops unknown keys too)",
+            e.key
+        );
+        let all = extra
+            .iter()
+            .chain(primary.iter())
+            .chain(fallbacks.iter().flat_map(|f| f.iter()))
+            .copied();
+        if let Some(s) = suggest(&e.key, all) {
+            msg.push_str(&format!("; did you mean `{s}`?"));
+        }
+        d.warn_at(e.kline, e.kcol, &field, msg);
+    }
+    // An abbreviation does not override the same argument written in full.
+    let mut dedup: Vec<Entry> = Vec::new();
+    for e in out {
+        if let Some(i) = dedup.iter().position(|x| x.key == e.key) {
+            let keep_new = entries
+                .iter()
+                .any(|x| x.key == e.key && x.kline == e.kline && x.kcol == e.kcol);
+            if keep_new {
+                dedup[i] = e;
+            }
+        } else {
+            dedup.push(e);
+        }
+    }
+    Node {
+        v: Value::Map(dedup),
+        line: map.line,
+        col: map.col,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -82,7 +205,11 @@ fn protocol_of(n: &Node, field: &str, d: &mut Diags) -> Option<Protocol> {
     }
 }
 
-fn listeners(proto: Option<(&Node, String)>, port: Option<(&Node, String)>, d: &mut Diags) -> Vec<Listener> {
+fn listeners(
+    proto: Option<(&Node, String)>,
+    port: Option<(&Node, String)>,
+    d: &mut Diags,
+) -> Vec<Listener> {
     let mut protocols = Vec::new();
     let mut ok = true;
     if let Some((n, field)) = &proto {
@@ -127,41 +254,88 @@ fn listeners(proto: Option<(&Node, String)>, port: Option<(&Node, String)>, d: &
         return vec![];
     }
     if ports.is_empty() {
-        return protocols.into_iter().map(|protocol| Listener { protocol, port: None }).collect();
+        return protocols
+            .into_iter()
+            .map(|protocol| Listener {
+                protocol,
+                port: None,
+            })
+            .collect();
     }
     if ports.len() == protocols.len() {
-        return protocols.into_iter().zip(ports).map(|(protocol, p)| Listener { protocol, port: Some(p) }).collect();
+        return protocols
+            .into_iter()
+            .zip(ports)
+            .map(|(protocol, p)| Listener {
+                protocol,
+                port: Some(p),
+            })
+            .collect();
     }
-    let (n, field) = port.as_ref().map_or((None, String::new()), |(n, f)| (Some(*n), f.clone()));
+    let (n, field) = port
+        .as_ref()
+        .map_or((None, String::new()), |(n, f)| (Some(*n), f.clone()));
     let (line, col) = n.map_or((0, 0), |n| (n.line, n.col));
     if ports.len() == 1 {
         // Jina starts a multi-protocol gateway given one port on random ports for all of them.
         d.warn_at(line, col, &field, format!("one port for {} protocols: Jina ignores it and picks a free port for each protocol, and so does Zeroflow; give one port per protocol", protocols.len()));
-        return protocols.into_iter().map(|protocol| Listener { protocol, port: None }).collect();
+        return protocols
+            .into_iter()
+            .map(|protocol| Listener {
+                protocol,
+                port: None,
+            })
+            .collect();
     }
-    d.error_at(line, col, &field, format!("got {} ports for {} protocols, allowed: one port per protocol, paired by position", ports.len(), protocols.len()));
+    d.error_at(
+        line,
+        col,
+        &field,
+        format!(
+            "got {} ports for {} protocols, allowed: one port per protocol, paired by position",
+            ports.len(),
+            protocols.len()
+        ),
+    );
     vec![]
 }
 
 fn gateway(g: &GatewayIn, jc: Option<&Node>, d: &mut Diags) -> Gateway {
-    let listeners = listeners(g.get(&["protocol", "protocols"]), g.get(&["port", "ports", "port_expose", "port_in"]), d);
+    let listeners = listeners(
+        g.get(&["protocol", "protocols"]),
+        g.get(&["port", "ports", "port_expose", "port_in"]),
+        d,
+    );
     let mut prefetch = 1000;
     if let Some((n, f)) = g.get(&["prefetch"])
         && let Some(v) = (Reader { d }).u32(n, &f, 0, u32::MAX, "an integer >= 0 (0 = unlimited)")
     {
         prefetch = v;
     }
-    let timeout_send = g.get(&["timeout_send"]).and_then(|(n, f)| timeout_ms(n, &f, d));
-    let host = g.get(&["host", "host_in"]).and_then(|(n, f)| host_of(n, &f, d));
-    let cors = g.get(&["cors"]).and_then(|(n, f)| (Reader { d }).bool(n, &f)).unwrap_or(false);
+    let timeout_send = g
+        .get(&["timeout_send"])
+        .and_then(|(n, f)| timeout_ms(n, &f, d));
+    let host = g
+        .get(&["host", "host_in"])
+        .and_then(|(n, f)| host_of(n, &f, d));
+    let cors = g
+        .get(&["cors"])
+        .and_then(|(n, f)| (Reader { d }).bool(n, &f))
+        .unwrap_or(false);
     let title = g.get(&["title"]).and_then(|(n, f)| opt_text(n, &f, d));
-    let description = g.get(&["description"]).and_then(|(n, f)| opt_text(n, &f, d));
+    let description = g
+        .get(&["description"])
+        .and_then(|(n, f)| opt_text(n, &f, d));
     let j = jcloud::gateway(jc, GATEWAY, d);
     if let Some(s) = g.section
         && let Some(u) = s.get("uses")
         && !u.is_null()
     {
-        d.warn(u, "gateway.uses", "a custom gateway is not supported: Zeroflow serves the Flow with its own gateway");
+        d.warn(
+            u,
+            "gateway.uses",
+            "a custom gateway is not supported: Zeroflow serves the Flow with its own gateway",
+        );
     }
     Gateway {
         listeners,
@@ -193,7 +367,9 @@ fn host_of(n: &Node, f: &str, d: &mut Diags) -> Option<String> {
             if items.len() > 1 {
                 d.warn(n, f, "several hosts given: Zeroflow uses the first");
             }
-            items.first().and_then(|h| (Reader { d }).text(h, &join_index(f, 0), "a host name or address"))
+            items
+                .first()
+                .and_then(|h| (Reader { d }).text(h, &join_index(f, 0), "a host name or address"))
         }
         _ => (Reader { d }).text(n, f, "a host name or address"),
     }
@@ -204,7 +380,13 @@ fn timeout_ms(n: &Node, f: &str, d: &mut Diags) -> Option<Duration> {
     if n.is_null() {
         return None;
     }
-    let v = (Reader { d }).int(n, f, i64::MIN, i64::MAX, "an integer of milliseconds (-1 = no timeout)")?;
+    let v = (Reader { d }).int(
+        n,
+        f,
+        i64::MIN,
+        i64::MAX,
+        "an integer of milliseconds (-1 = no timeout)",
+    )?;
     (v > 0).then(|| Duration::from_millis(v.unsigned_abs()))
 }
 
@@ -240,24 +422,36 @@ fn uses_of(n: Option<&Node>, field: &str, d: &mut Diags) -> Uses {
             let s = s.trim();
             if let Some((scheme, rest)) = s.split_once("://") {
                 if rest.is_empty() {
-                    d.bad(n, field, "a reference after the scheme, e.g. jinaai+docker://user/Executor");
+                    d.bad(
+                        n,
+                        field,
+                        "a reference after the scheme, e.g. jinaai+docker://user/Executor",
+                    );
                     return Uses::PassThrough;
                 }
                 if scheme == "docker" {
-                    return Uses::Docker { image: rest.to_string() };
+                    return Uses::Docker {
+                        image: rest.to_string(),
+                    };
                 }
                 if HUB_SCHEMES.contains(&scheme) {
-                    return Uses::Hub { scheme: scheme.to_string(), reference: rest.to_string() };
+                    return Uses::Hub {
+                        scheme: scheme.to_string(),
+                        reference: rest.to_string(),
+                    };
                 }
                 d.bad(n, field, USES_ALLOWED);
                 return Uses::PassThrough;
             }
             let lower = s.to_ascii_lowercase();
             if lower.ends_with(".yml") || lower.ends_with(".yaml") || lower.ends_with(".jaml") {
-                return Uses::Config { path: s.to_string() };
+                return Uses::Config {
+                    path: s.to_string(),
+                };
             }
             if s.starts_with('{')
-                && let Ok(v @ serde_json::Value::Object(_)) = serde_json::from_str::<serde_json::Value>(s)
+                && let Ok(v @ serde_json::Value::Object(_)) =
+                    serde_json::from_str::<serde_json::Value>(s)
             {
                 return Uses::Inline { config: v };
             }
@@ -266,10 +460,14 @@ fn uses_of(n: Option<&Node>, field: &str, d: &mut Diags) -> Uses {
                 && let Some(root) = p.root
                 && root.is_map()
             {
-                return Uses::Inline { config: to_json(&root) };
+                return Uses::Inline {
+                    config: to_json(&root),
+                };
             }
             if CLASS_NAME.is_match(s) {
-                return Uses::Class { name: s.to_string() };
+                return Uses::Class {
+                    name: s.to_string(),
+                };
             }
             d.bad(n, field, USES_ALLOWED);
             Uses::PassThrough
@@ -282,7 +480,9 @@ fn uses_of(n: Option<&Node>, field: &str, d: &mut Diags) -> Uses {
 }
 
 fn json_map(a: &Args, key: &str, d: &mut Diags) -> serde_json::Map<String, serde_json::Value> {
-    let Some((n, f)) = a.get(&[key]) else { return Default::default() };
+    let Some((n, f)) = a.get(&[key]) else {
+        return Default::default();
+    };
     match &n.v {
         Value::Null => Default::default(),
         Value::Map(_) => match to_json(n) {
@@ -324,13 +524,19 @@ fn env_map(n: &Node, f: &str, d: &mut Diags) -> BTreeMap<String, String> {
     if n.is_null() {
         return out;
     }
-    let Some(entries) = (Reader { d }).map(n, f, "a mapping of variable names to values") else { return out };
+    let Some(entries) = (Reader { d }).map(n, f, "a mapping of variable names to values") else {
+        return out;
+    };
     for e in entries {
         match scalar_text(&e.value) {
             Some(v) if !matches!(e.value.v, Value::Seq(_) | Value::Map(_)) => {
                 out.insert(e.key.clone(), v);
             }
-            _ => d.bad(&e.value, &join_key(f, &e.key), "a string, number or boolean"),
+            _ => d.bad(
+                &e.value,
+                &join_key(f, &e.key),
+                "a string, number or boolean",
+            ),
         }
     }
     out
@@ -342,17 +548,26 @@ fn secrets(n: &Node, f: &str, d: &mut Diags) -> BTreeMap<String, SecretRef> {
         return out;
     }
     let allowed = "a mapping of variable names to {name: <secret>, key: <key>}";
-    let Some(entries) = (Reader { d }).map(n, f, allowed) else { return out };
+    let Some(entries) = (Reader { d }).map(n, f, allowed) else {
+        return out;
+    };
     for e in entries {
         let ef = join_key(f, &e.key);
-        if (Reader { d }).map(&e.value, &ef, "{name: <secret>, key: <key>}").is_none() {
+        if (Reader { d })
+            .map(&e.value, &ef, "{name: <secret>, key: <key>}")
+            .is_none()
+        {
             continue;
         }
         d.unknown_keys(&e.value, &ef, &[&["name", "key"]], "`env_from_secret`");
         let mut part = |k: &str| match e.value.get(k) {
             Some(v) => (Reader { d }).text(v, &join_key(&ef, k), "a non-empty string"),
             None => {
-                d.error(&e.value, &ef, format!("missing `{k}`; allowed: {{name: <secret>, key: <key>}}"));
+                d.error(
+                    &e.value,
+                    &ef,
+                    format!("missing `{k}`; allowed: {{name: <secret>, key: <key>}}"),
+                );
                 None
             }
         };
@@ -366,15 +581,23 @@ fn secrets(n: &Node, f: &str, d: &mut Diags) -> BTreeMap<String, SecretRef> {
 }
 
 fn polling(a: &Args, d: &mut Diags) -> Polling {
-    let Some((n, f)) = a.get(&["polling"]) else { return Polling::Any };
-    let one = |n: &Node, f: &str, d: &mut Diags| match n.as_str().map(str::to_ascii_uppercase).as_deref() {
-        Some("ANY") => Some(Polling::Any),
-        Some("ALL") => Some(Polling::All),
-        _ => {
-            d.bad(n, f, "ANY or ALL (any case), or a mapping of endpoints to ANY/ALL");
-            None
-        }
+    let Some((n, f)) = a.get(&["polling"]) else {
+        return Polling::Any;
     };
+    let one =
+        |n: &Node, f: &str, d: &mut Diags| match n.as_str().map(str::to_ascii_uppercase).as_deref()
+        {
+            Some("ANY") => Some(Polling::Any),
+            Some("ALL") => Some(Polling::All),
+            _ => {
+                d.bad(
+                    n,
+                    f,
+                    "ANY or ALL (any case), or a mapping of endpoints to ANY/ALL",
+                );
+                None
+            }
+        };
     match &n.v {
         Value::Null => Polling::Any,
         Value::Map(entries) => {
@@ -401,7 +624,14 @@ struct ExecMeta {
     port_is_gateway: bool,
 }
 
-fn executor(a: &Args, meta: ExecMeta, jc: Option<&Node>, jc_path: &str, ctx: &Ctx, d: &mut Diags) -> Executor {
+fn executor(
+    a: &Args,
+    meta: ExecMeta,
+    jc: Option<&Node>,
+    jc_path: &str,
+    ctx: &Ctx,
+    d: &mut Diags,
+) -> Executor {
     let (uses_node, uses_path) = match a.get(&["uses"]) {
         Some((n, f)) => (Some(n), f),
         None => (None, join_key(&a.path, "uses")),
@@ -422,32 +652,59 @@ fn executor(a: &Args, meta: ExecMeta, jc: Option<&Node>, jc_path: &str, ctx: &Ct
         shards = v;
     }
     let polling = polling(a, d);
-    let bool_arg = |keys: &[&str], d: &mut Diags| a.get(keys).and_then(|(n, f)| (!n.is_null()).then(|| (Reader { d }).bool(n, &f)).flatten()).unwrap_or(false);
+    let bool_arg = |keys: &[&str], d: &mut Diags| {
+        a.get(keys)
+            .and_then(|(n, f)| (!n.is_null()).then(|| (Reader { d }).bool(n, &f)).flatten())
+            .unwrap_or(false)
+    };
     let no_reduce = bool_arg(&["no_reduce", "disable_reduce"], d);
     let floating = bool_arg(&["floating"], d);
     let tls = bool_arg(&["tls"], d);
     let external_flag = bool_arg(&["external"], d);
-    let timeout_send = a.get(&["timeout_send"]).and_then(|(n, f)| timeout_ms(n, &f, d));
+    let timeout_send = a
+        .get(&["timeout_send"])
+        .and_then(|(n, f)| timeout_ms(n, &f, d));
     let mut retries = -1;
     if let Some((n, f)) = a.get(&["retries"])
         && !n.is_null()
-        && let Some(v) = (Reader { d }).int(n, &f, i64::from(i32::MIN), i64::from(i32::MAX), "an integer (-1 = decide from the replica count)")
+        && let Some(v) = (Reader { d }).int(
+            n,
+            &f,
+            i64::from(i32::MIN),
+            i64::from(i32::MAX),
+            "an integer (-1 = decide from the replica count)",
+        )
     {
         retries = i32::try_from(v).unwrap_or(-1);
     }
-    let env = a.get(&["env"]).map(|(n, f)| env_map(n, &f, d)).unwrap_or_default();
-    let env_from_secret = a.get(&["env_from_secret"]).map(|(n, f)| secrets(n, &f, d)).unwrap_or_default();
-    let py_modules = a.get(&["py_modules"]).map(|(n, f)| string_list(n, &f, d)).unwrap_or_default();
+    let env = a
+        .get(&["env"])
+        .map(|(n, f)| env_map(n, &f, d))
+        .unwrap_or_default();
+    let env_from_secret = a
+        .get(&["env_from_secret"])
+        .map(|(n, f)| secrets(n, &f, d))
+        .unwrap_or_default();
+    let py_modules = a
+        .get(&["py_modules"])
+        .map(|(n, f)| string_list(n, &f, d))
+        .unwrap_or_default();
     let when = match a.get(&["when"]) {
         None => None,
         Some((n, _)) if n.is_null() => None,
         Some((n, _)) if n.is_map() => Some(to_json(n)),
         Some((n, f)) => {
-            d.bad(n, &f, "a mapping of document conditions, e.g. {tags__key: {$eq: value}}");
+            d.bad(
+                n,
+                &f,
+                "a mapping of document conditions, e.g. {tags__key: {$eq: value}}",
+            );
             None
         }
     };
-    let host = a.get(&["host", "host_in"]).and_then(|(n, f)| host_of(n, &f, d));
+    let host = a
+        .get(&["host", "host_in"])
+        .and_then(|(n, f)| host_of(n, &f, d));
     let port_node = a.get(&["port", "ports"]);
     let port = match &port_node {
         None => None,
@@ -457,7 +714,9 @@ fn executor(a: &Args, meta: ExecMeta, jc: Option<&Node>, jc_path: &str, ctx: &Ct
                 if items.len() > 1 {
                     d.warn(n, f, "several ports given: Zeroflow uses the first");
                 }
-                items.first().and_then(|p| (Reader { d }).port(p, &join_index(f, 0)))
+                items
+                    .first()
+                    .and_then(|p| (Reader { d }).port(p, &join_index(f, 0)))
             }
             _ => (Reader { d }).port(n, f),
         },
@@ -483,22 +742,44 @@ fn executor(a: &Args, meta: ExecMeta, jc: Option<&Node>, jc_path: &str, ctx: &Ct
         match (host, port) {
             (Some(host), Some(port)) => Some(ExternalAddress { host, port, tls }),
             (h, p) => {
-                let missing: Vec<&str> = [h.is_none().then_some("host"), p.is_none().then_some("port")].into_iter().flatten().collect();
+                let missing: Vec<&str> =
+                    [h.is_none().then_some("host"), p.is_none().then_some("port")]
+                        .into_iter()
+                        .flatten()
+                        .collect();
                 let (at, _) = a.get(&["external"]).unwrap_or((a.own, a.path.clone()));
-                d.error(at, &join_key(&a.path, "external"), format!("an external Executor needs `host` and `port`; missing: {}", missing.join(", ")));
+                d.error(
+                    at,
+                    &join_key(&a.path, "external"),
+                    format!(
+                        "an external Executor needs `host` and `port`; missing: {}",
+                        missing.join(", ")
+                    ),
+                );
                 None
             }
         }
     } else {
         None
     };
-    let facts = jcloud::ExecutorFacts { serverless, replicas, cap: ctx.cap };
+    let facts = jcloud::ExecutorFacts {
+        serverless,
+        replicas,
+        cap: ctx.cap,
+    };
     let jc_own = jcloud::executor(jc, jc_path, &facts, d);
     if jc_own.autoscale_set
         && let Some((n, f)) = &replicas_node
         && replicas > 1
     {
-        d.warn(n, f, format!("`replicas` is ignored: autoscaling decides the count, from {} to {}", jc_own.autoscale.min, jc_own.autoscale.max));
+        d.warn(
+            n,
+            f,
+            format!(
+                "`replicas` is ignored: autoscaling decides the count, from {} to {}",
+                jc_own.autoscale.min, jc_own.autoscale.max
+            ),
+        );
     }
     Executor {
         name: meta.name,
@@ -518,7 +799,11 @@ fn executor(a: &Args, meta: ExecMeta, jc: Option<&Node>, jc_path: &str, ctx: &Ct
         floating,
         timeout_send,
         retries,
-        port: if external_flag || meta.port_is_gateway { None } else { port },
+        port: if external_flag || meta.port_is_gateway {
+            None
+        } else {
+            port
+        },
         command: a.get(&["command"]).and_then(|(n, f)| command(n, &f, d)),
         external,
         jcloud: jc_own,
@@ -535,9 +820,15 @@ fn command(n: &Node, f: &str, d: &mut Diags) -> Option<Vec<String>> {
             let mut out = Vec::new();
             for (i, it) in items.iter().enumerate() {
                 match &it.v {
-                    Value::Seq(_) | Value::Map(_) | Value::Null => d.bad(it, &join_index(f, i), "a string"),
+                    Value::Seq(_) | Value::Map(_) | Value::Null => {
+                        d.bad(it, &join_index(f, i), "a string")
+                    }
                     // An argument such as `8080` or `true` is still text on a command line.
-                    _ => out.push(scalar_text(it).unwrap_or_default()),
+                    _ => {
+                        let arg = scalar_text(it).unwrap_or_default();
+                        warn_jina_option(&arg, it, &join_index(f, i), d);
+                        out.push(arg);
+                    }
                 }
             }
             out
@@ -554,6 +845,26 @@ fn command(n: &Node, f: &str, d: &mut Diags) -> Option<Vec<String>> {
     Some(argv)
 }
 
+/// Jina passes a `command` list to argparse as `--command a b c`, so an element that names one
+/// of its own options (`--port 8080`) is taken as that option, or makes Jina reject the spec.
+fn warn_jina_option(arg: &str, at: &Node, field: &str, d: &mut Diags) {
+    let Some(name) = arg.strip_prefix("--") else {
+        return;
+    };
+    let name = name.split('=').next().unwrap_or_default().replace('-', "_");
+    if name.is_empty() {
+        return;
+    }
+    let hits: Vec<&str> = DEPLOYMENT_ARGS
+        .iter()
+        .copied()
+        .filter(|o| o.starts_with(&name))
+        .collect();
+    if DEPLOYMENT_ARGS.contains(&name.as_str()) || !hits.is_empty() {
+        d.warn(at, field, format!("Jina reads `{arg}` in a `command` list as its own `--{}` argument (its loader fails or changes the Executor); write the command as one string to keep the spec loadable by Jina", hits.first().copied().unwrap_or(&name).replace('_', "-")));
+    }
+}
+
 /// Where each `needs` entry was written, for errors found once all names are known.
 struct NeedsAt {
     path: String,
@@ -562,7 +873,7 @@ struct NeedsAt {
     items: Vec<(String, usize, usize)>,
 }
 
-fn needs_of(n: Option<(&Node, String)>, d: &mut Diags) -> Option<(Vec<(String, usize, usize)>, String, usize, usize)> {
+fn needs_of(n: Option<(&Node, String)>, d: &mut Diags) -> Option<NeedsAt> {
     let (n, f) = n?;
     let items = match &n.v {
         Value::Null => return None,
@@ -570,7 +881,11 @@ fn needs_of(n: Option<(&Node, String)>, d: &mut Diags) -> Option<(Vec<(String, u
         Value::Seq(items) => items
             .iter()
             .enumerate()
-            .filter_map(|(i, it)| (Reader { d }).string(it, &join_index(&f, i), "an Executor name or `gateway`").map(|s| (s, it.line, it.col)))
+            .filter_map(|(i, it)| {
+                (Reader { d })
+                    .string(it, &join_index(&f, i), "an Executor name or `gateway`")
+                    .map(|s| (s, it.line, it.col))
+            })
             .collect(),
         _ => {
             d.bad(n, &f, "an Executor name, `gateway`, or a list of them");
@@ -581,7 +896,12 @@ fn needs_of(n: Option<(&Node, String)>, d: &mut Diags) -> Option<(Vec<(String, u
         // Jina reads an empty list as "not given".
         return None;
     }
-    Some((items, f, n.line, n.col))
+    Some(NeedsAt {
+        path: f,
+        line: n.line,
+        col: n.col,
+        items,
+    })
 }
 
 struct Graph {
@@ -621,7 +941,16 @@ fn flow_item(
     if item.get("jtype").and_then(Node::as_str) == Some("Deployment") {
         return inline_deployment(item, path, naming, g, ctx, d);
     }
-    d.unknown_keys(item, path, &[DEPLOYMENT_ARGS, EXECUTOR_EXTRA], "an Executor");
+    let resolved = resolve_args(
+        item,
+        path,
+        DEPLOYMENT_ARGS,
+        &[GATEWAY_ARGS, CLIENT_ARGS, FLOW_ARGS],
+        EXECUTOR_EXTRA,
+        "an Executor",
+        d,
+    );
+    let item = &resolved;
     let name_node = item.get("name");
     if name_node.and_then(Node::as_str) == Some(GATEWAY) {
         d.warn(name_node.unwrap_or(item), &join_key(path, "name"), "an Executor named `gateway` is skipped, as Jina skips it: the gateway is configured in `with:` and `gateway:`");
@@ -635,7 +964,7 @@ fn flow_item(
             Some("add") => {}
             Some("needs") => {
                 default_name = "joiner".into();
-                if needs_given.as_ref().is_none_or(|n| n.0.len() < 2) {
+                if needs_given.as_ref().is_none_or(|n| n.items.len() < 2) {
                     d.error(m, &mf, "method `needs` joins several Executors: it needs a `needs` list of at least two names");
                 }
             }
@@ -661,19 +990,28 @@ fn flow_item(
         },
     };
     let (needs, needs_at) = match needs_given {
-        Some((items, f, line, col)) => {
+        Some(at) => {
             let mut v: Vec<String> = Vec::new();
-            for (s, _, _) in &items {
+            for (s, _, _) in &at.items {
                 if !v.contains(s) {
                     v.push(s.clone());
                 }
             }
-            (v, Some(NeedsAt { path: f, line, col, items }))
+            (v, Some(at))
         }
         None => (vec![naming.last.clone()], None),
     };
-    let args = Args { own: item, path: path.to_string(), inherited, with_path: "with".into() };
-    let meta = ExecMeta { name: name.clone(), needs, port_is_gateway: false };
+    let args = Args {
+        own: item,
+        path: path.to_string(),
+        inherited,
+        with_path: "with".into(),
+    };
+    let meta = ExecMeta {
+        name: name.clone(),
+        needs,
+        port_is_gateway: false,
+    };
     let e = executor(&args, meta, item.get("jcloud"), path, ctx, d);
     if !e.floating {
         naming.last = name.clone();
@@ -684,15 +1022,34 @@ fn flow_item(
 }
 
 /// An `executors:` item written as `jtype: Deployment` with its own `with:`.
-fn inline_deployment(item: &Node, path: &str, naming: &mut Naming, g: &mut Graph, ctx: &Ctx, d: &mut Diags) {
+fn inline_deployment(
+    item: &Node,
+    path: &str,
+    naming: &mut Naming,
+    g: &mut Graph,
+    ctx: &Ctx,
+    d: &mut Diags,
+) {
     d.unknown_keys(item, path, &[INLINE_DEPLOYMENT], "an inline Deployment");
     if let Some(v) = item.entry("version") {
-        d.error_at(v.kline, v.kcol, &join_key(path, "version"), format!("got {}, allowed: no `version` (Jina rejects a version on a Deployment)", describe(&v.value)));
+        d.error_at(
+            v.kline,
+            v.kcol,
+            &join_key(path, "version"),
+            format!(
+                "got {}, allowed: no `version` (Jina rejects a version on a Deployment)",
+                describe(&v.value)
+            ),
+        );
     }
     if let Some(n) = item.get("needs")
         && !n.is_null()
     {
-        d.warn(n, &join_key(path, "needs"), "Jina ignores `needs` on an inline Deployment: it follows the previous Executor");
+        d.warn(
+            n,
+            &join_key(path, "needs"),
+            "Jina ignores `needs` on an inline Deployment: it follows the previous Executor",
+        );
     }
     let wpath = join_key(path, "with");
     let empty = empty_map();
@@ -707,7 +1064,16 @@ fn inline_deployment(item: &Node, path: &str, naming: &mut Naming, g: &mut Graph
             &empty
         }
     };
-    d.unknown_keys(with, &wpath, &[DEPLOYMENT_ARGS, GATEWAY_ARGS, &["jcloud", "command"]], "a Deployment's `with`");
+    let resolved = resolve_args(
+        with,
+        &wpath,
+        DEPLOYMENT_ARGS,
+        &[GATEWAY_ARGS],
+        &["jcloud", "command"],
+        "a Deployment's `with`",
+        d,
+    );
+    let with = &resolved;
     // Jina adds an inline Deployment under a positional name; `with.name` does not name the node.
     let name = format!("executor{}", naming.names.len());
     if let Some(n) = with.get("name")
@@ -721,8 +1087,17 @@ fn inline_deployment(item: &Node, path: &str, naming: &mut Naming, g: &mut Graph
         (Some(j), _) => (Some(j), wpath.clone()),
         (None, j) => (j, path.to_string()),
     };
-    let args = Args { own: with, path: wpath, inherited: &[], with_path: String::new() };
-    let meta = ExecMeta { name: name.clone(), needs: vec![naming.last.clone()], port_is_gateway: false };
+    let args = Args {
+        own: with,
+        path: wpath,
+        inherited: &[],
+        with_path: String::new(),
+    };
+    let meta = ExecMeta {
+        name: name.clone(),
+        needs: vec![naming.last.clone()],
+        port_is_gateway: false,
+    };
     let e = executor(&args, meta, jc, &jc_path, ctx, d);
     if !e.floating {
         naming.last = name.clone();
@@ -741,10 +1116,22 @@ fn check_graph(g: &Graph, d: &mut Diags) {
         let Some(at) = at else { continue };
         for (need, line, col) in &at.items {
             if need == &e.name {
-                d.error_at(*line, *col, &at.path, format!("Executor `{}` needs itself; allowed: another Executor or `gateway`", e.name));
+                d.error_at(
+                    *line,
+                    *col,
+                    &at.path,
+                    format!(
+                        "Executor `{}` needs itself; allowed: another Executor or `gateway`",
+                        e.name
+                    ),
+                );
                 bad = true;
             } else if !known.contains(&need.as_str()) {
-                let mut msg = format!("Executor `{}` needs `{need}`, which is not in this Flow; known: {}", e.name, known.join(", "));
+                let mut msg = format!(
+                    "Executor `{}` needs `{need}`, which is not in this Flow; known: {}",
+                    e.name,
+                    known.join(", ")
+                );
                 if let Some(s) = suggest(need, known.iter().copied()) {
                     msg.push_str(&format!("; did you mean `{s}`?"));
                 }
@@ -758,7 +1145,11 @@ fn check_graph(g: &Graph, d: &mut Diags) {
     }
     // Kahn's algorithm: whatever cannot be ordered lies on or behind a cycle.
     let idx: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let mut indeg: Vec<usize> = g.executors.iter().map(|e| e.needs.iter().filter(|n| n.as_str() != GATEWAY).count()).collect();
+    let mut indeg: Vec<usize> = g
+        .executors
+        .iter()
+        .map(|e| e.needs.iter().filter(|n| n.as_str() != GATEWAY).count())
+        .collect();
     let mut ready: Vec<usize> = (0..names.len()).filter(|i| indeg[*i] == 0).collect();
     let mut done = BTreeSet::new();
     while let Some(i) = ready.pop() {
@@ -776,11 +1167,20 @@ fn check_graph(g: &Graph, d: &mut Diags) {
         return;
     }
     // Walk predecessors from a stuck Executor until one repeats: that loop is the cycle.
-    let Some(start) = (0..names.len()).find(|i| !done.contains(i)) else { return };
+    let Some(start) = (0..names.len()).find(|i| !done.contains(i)) else {
+        return;
+    };
     let mut seen: Vec<usize> = vec![start];
     let mut cur = start;
     loop {
-        let Some(next) = g.executors[cur].needs.iter().filter_map(|n| idx.get(n.as_str()).copied()).find(|j| !done.contains(j)) else { return };
+        let Some(next) = g.executors[cur]
+            .needs
+            .iter()
+            .filter_map(|n| idx.get(n.as_str()).copied())
+            .find(|j| !done.contains(j))
+        else {
+            return;
+        };
         if let Some(pos) = seen.iter().position(|s| *s == next) {
             let mut cycle: Vec<usize> = seen[pos..].to_vec();
             cycle.reverse();
@@ -814,7 +1214,11 @@ fn check_version(root: &Node, d: &mut Diags) {
         _ => String::new(),
     };
     if text.split('.').next() != Some("1") {
-        d.bad(v, "version", "1 (a Flow YAML of version 1: `1`, '1' or '1.0')");
+        d.bad(
+            v,
+            "version",
+            "1 (a Flow YAML of version 1: `1`, '1' or '1.0')",
+        );
     }
 }
 
@@ -831,7 +1235,16 @@ pub(crate) fn load_flow(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
             &empty
         }
     };
-    d.unknown_keys(with, "with", &[FLOW_ARGS, GATEWAY_ARGS, DEPLOYMENT_ARGS, CLIENT_ARGS, WITH_EXTRA], "the Flow's `with`");
+    let resolved = resolve_args(
+        with,
+        "with",
+        FLOW_ARGS,
+        &[GATEWAY_ARGS, DEPLOYMENT_ARGS, CLIENT_ARGS],
+        WITH_EXTRA,
+        "the Flow's `with`",
+        d,
+    );
+    let with = &resolved;
     let section = match root.get(GATEWAY) {
         None => None,
         Some(s) if s.is_null() => None,
@@ -841,25 +1254,56 @@ pub(crate) fn load_flow(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
             None
         }
     };
-    if let Some(s) = section {
-        d.unknown_keys(s, GATEWAY, &[GATEWAY_ARGS, &["jcloud"]], "the `gateway` section");
-    }
-    let gw_in = GatewayIn { with, with_path: "with".into(), section };
+    let resolved_section = section.map(|s| {
+        resolve_args(
+            s,
+            GATEWAY,
+            GATEWAY_ARGS,
+            &[],
+            &["jcloud"],
+            "the `gateway` section",
+            d,
+        )
+    });
+    let section = resolved_section.as_ref();
+    let gw_in = GatewayIn {
+        with,
+        with_path: "with".into(),
+        section,
+    };
     let gateway = gateway(&gw_in, section.and_then(|s| s.get("jcloud")), d);
-    let env = with.get("env").map(|n| env_map(n, "with.env", d)).unwrap_or_default();
-    let inherited: Vec<Entry> = with.entries().iter().filter(|e| INHERITED.contains(&e.key.as_str())).cloned().collect();
+    let env = with
+        .get("env")
+        .map(|n| env_map(n, "with.env", d))
+        .unwrap_or_default();
+    let inherited: Vec<Entry> = with
+        .entries()
+        .iter()
+        .filter(|e| INHERITED.contains(&e.key.as_str()))
+        .cloned()
+        .collect();
 
     let (list, list_key) = match (root.get("executors"), root.get("deployments")) {
         (Some(e), dep) => {
             if let Some(dn) = dep {
-                d.warn(dn, "deployments", "both `executors` and `deployments` are given: Jina reads only `executors`");
+                d.warn(
+                    dn,
+                    "deployments",
+                    "both `executors` and `deployments` are given: Jina reads only `executors`",
+                );
             }
             (Some(e), "executors")
         }
         (None, dep) => (dep, "deployments"),
     };
-    let mut g = Graph { executors: vec![], needs_at: vec![] };
-    let mut naming = Naming { names: vec![], last: GATEWAY.into() };
+    let mut g = Graph {
+        executors: vec![],
+        needs_at: vec![],
+    };
+    let mut naming = Naming {
+        names: vec![],
+        last: GATEWAY.into(),
+    };
     match list.map(|l| &l.v) {
         None | Some(Value::Null) => {}
         Some(Value::Seq(items)) => {
@@ -880,14 +1324,28 @@ pub(crate) fn load_flow(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
     }
     check_graph(&g, d);
     let jc = jcloud::flow(root.get("jcloud"), "jcloud", d);
-    Flow { name: jc.name.clone(), gateway, executors: g.executors, jcloud: jc, env }
+    Flow {
+        name: jc.name.clone(),
+        gateway,
+        executors: g.executors,
+        jcloud: jc,
+        env,
+    }
 }
 
 /// A Deployment YAML: one Executor behind a gateway that listens where the Deployment would.
 pub(crate) fn load_deployment(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
     d.unknown_keys(root, "", &[DEPLOYMENT_TOP], "a Deployment");
     if let Some(v) = root.entry("version") {
-        d.error_at(v.kline, v.kcol, "version", format!("got {}, allowed: no `version` (Jina rejects a version on a Deployment)", describe(&v.value)));
+        d.error_at(
+            v.kline,
+            v.kcol,
+            "version",
+            format!(
+                "got {}, allowed: no `version` (Jina rejects a version on a Deployment)",
+                describe(&v.value)
+            ),
+        );
     }
     let empty = empty_map();
     let with = match root.get("with") {
@@ -897,37 +1355,80 @@ pub(crate) fn load_deployment(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
             &empty
         }
         None => {
-            d.error(root, "with", "missing; a Deployment YAML needs a `with:` block (Jina fails without one)");
+            d.error(
+                root,
+                "with",
+                "missing; a Deployment YAML needs a `with:` block (Jina fails without one)",
+            );
             &empty
         }
     };
-    d.unknown_keys(with, "with", &[DEPLOYMENT_ARGS, GATEWAY_ARGS, &["jcloud", "command"]], "a Deployment's `with`");
+    let resolved = resolve_args(
+        with,
+        "with",
+        DEPLOYMENT_ARGS,
+        &[GATEWAY_ARGS],
+        &["jcloud", "command"],
+        "a Deployment's `with`",
+        d,
+    );
+    let with = &resolved;
     let name = match with.get("name") {
         None => "executor".to_string(),
         Some(n) if n.is_null() => "executor".to_string(),
-        Some(n) => (Reader { d }).text(n, "with.name", "a name").unwrap_or_else(|| "executor".into()),
+        Some(n) => (Reader { d })
+            .text(n, "with.name", "a name")
+            .unwrap_or_else(|| "executor".into()),
     };
-    let gw_in = GatewayIn { with, with_path: "with".into(), section: None };
+    let gw_in = GatewayIn {
+        with,
+        with_path: "with".into(),
+        section: None,
+    };
     let top_jc = root.get("jcloud").filter(|j| !j.is_null());
-    let mut flow_jc = FlowJcloud { name: None, version: None, labels: BTreeMap::new(), traces: false };
+    let mut flow_jc = FlowJcloud {
+        name: None,
+        version: None,
+        labels: BTreeMap::new(),
+        traces: false,
+    };
     let mut exec_jc_owned: Option<Node> = None;
     if let Some(j) = top_jc
-        && (Reader { d }).map(j, "jcloud", "a mapping of JCloud settings").is_some()
+        && (Reader { d })
+            .map(j, "jcloud", "a mapping of JCloud settings")
+            .is_some()
     {
-        d.unknown_keys(j, "jcloud", &[jcloud::flow_keys_list(), jcloud::executor_keys()], "a Deployment's `jcloud`");
+        d.unknown_keys(
+            j,
+            "jcloud",
+            &[jcloud::flow_keys_list(), jcloud::executor_keys()],
+            "a Deployment's `jcloud`",
+        );
         jcloud::flow_keys(j, "jcloud", &mut flow_jc, d);
         let exec_part: Vec<Entry> = j
             .entries()
             .iter()
-            .filter(|e| jcloud::executor_keys().contains(&e.key.as_str()) && !matches!(e.key.as_str(), "labels" | "monitor"))
+            .filter(|e| {
+                jcloud::executor_keys().contains(&e.key.as_str())
+                    && !matches!(e.key.as_str(), "labels" | "monitor")
+            })
             .cloned()
             .collect();
         if with.get("jcloud").is_some() {
             if let Some(e) = exec_part.first() {
-                d.warn_at(e.kline, e.kcol, &join_key("jcloud", &e.key), "ignored: `with.jcloud` holds this Deployment's Executor settings");
+                d.warn_at(
+                    e.kline,
+                    e.kcol,
+                    &join_key("jcloud", &e.key),
+                    "ignored: `with.jcloud` holds this Deployment's Executor settings",
+                );
             }
         } else {
-            exec_jc_owned = Some(Node { v: Value::Map(exec_part), line: j.line, col: j.col });
+            exec_jc_owned = Some(Node {
+                v: Value::Map(exec_part),
+                line: j.line,
+                col: j.col,
+            });
         }
     }
     let (jc, jc_path) = match with.get("jcloud") {
@@ -936,8 +1437,23 @@ pub(crate) fn load_deployment(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
     };
     let mut gateway = gateway(&gw_in, None, d);
     gateway.timeout_send = None;
-    let args = Args { own: with, path: "with".into(), inherited: &[], with_path: String::new() };
-    let meta = ExecMeta { name, needs: vec![GATEWAY.into()], port_is_gateway: true };
+    let args = Args {
+        own: with,
+        path: "with".into(),
+        inherited: &[],
+        with_path: String::new(),
+    };
+    let meta = ExecMeta {
+        name,
+        needs: vec![GATEWAY.into()],
+        port_is_gateway: true,
+    };
     let e = executor(&args, meta, jc, jc_path, ctx, d);
-    Flow { name: flow_jc.name.clone(), gateway, executors: vec![e], jcloud: flow_jc, env: BTreeMap::new() }
+    Flow {
+        name: flow_jc.name.clone(),
+        gateway,
+        executors: vec![e],
+        jcloud: flow_jc,
+        env: BTreeMap::new(),
+    }
 }

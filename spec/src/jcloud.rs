@@ -9,14 +9,35 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-const AUTOSCALE_KEYS: &[&str] =
-    &["min", "max", "metric", "target", "scale_down_delay", "stable_window", "revision_timeout"];
+const AUTOSCALE_KEYS: &[&str] = &[
+    "min",
+    "max",
+    "metric",
+    "target",
+    "scale_down_delay",
+    "stable_window",
+    "revision_timeout",
+];
 const RESOURCE_KEYS: &[&str] = &["instance", "storage"];
 const LEGACY_RESOURCE_KEYS: &[&str] = &["cpu", "memory"];
 const STORAGE_KEYS: &[&str] = &["kind", "size", "retain"];
-const EXECUTOR_JCLOUD_KEYS: &[&str] =
-    &["autoscale", "resources", "expose", "labels", "minAvailable", "maxUnavailable", "monitor"];
-const GATEWAY_JCLOUD_KEYS: &[&str] = &["expose", "timeout", "resources", "labels", "monitor", "autoscale"];
+const EXECUTOR_JCLOUD_KEYS: &[&str] = &[
+    "autoscale",
+    "resources",
+    "expose",
+    "labels",
+    "minAvailable",
+    "maxUnavailable",
+    "monitor",
+];
+const GATEWAY_JCLOUD_KEYS: &[&str] = &[
+    "expose",
+    "timeout",
+    "resources",
+    "labels",
+    "monitor",
+    "autoscale",
+];
 const FLOW_JCLOUD_KEYS: &[&str] = &["name", "version", "labels", "monitor"];
 const MONITOR_KEYS: &[&str] = &["traces"];
 const TRACES_KEYS: &[&str] = &["enable"];
@@ -54,14 +75,17 @@ const TIERS: &[(&str, f64, f64, u32, bool, f64)] = &[
 impl Instance {
     /// A JCloud tier by name (`C1`..`C8`, `G1`..`G4`, any case).
     pub fn tier(name: &str) -> Option<Instance> {
-        TIERS.iter().find(|t| t.0.eq_ignore_ascii_case(name)).map(|t| Instance {
-            name: t.0.to_string(),
-            cpu: t.1,
-            memory_gib: t.2,
-            gpus: t.3,
-            gpu_shared: t.4,
-            credits_per_hour: t.5,
-        })
+        TIERS
+            .iter()
+            .find(|t| t.0.eq_ignore_ascii_case(name))
+            .map(|t| Instance {
+                name: t.0.to_string(),
+                cpu: t.1,
+                memory_gib: t.2,
+                gpus: t.3,
+                gpu_shared: t.4,
+                credits_per_hour: t.5,
+            })
     }
 
     /// The names of all tiers, smallest first.
@@ -81,27 +105,6 @@ impl Default for Instance {
             gpu_shared: false,
             credits_per_hour: 1.0,
         })
-    }
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Resources { instance: Instance::default(), storage: None }
-    }
-}
-
-impl Default for ExecutorJcloud {
-    fn default() -> Self {
-        ExecutorJcloud {
-            autoscale: Autoscale::default(),
-            autoscale_set: false,
-            resources: Resources::default(),
-            expose: false,
-            labels: BTreeMap::new(),
-            min_available: None,
-            max_unavailable: None,
-            traces: false,
-        }
     }
 }
 
@@ -142,9 +145,9 @@ pub(crate) fn parse_duration(n: &Node) -> Option<Duration> {
 
 fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
-    if d.subsec_nanos() == 0 && s > 0 && s % 3600 == 0 {
+    if d.subsec_nanos() == 0 && s > 0 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if d.subsec_nanos() == 0 && s > 0 && s % 60 == 0 {
+    } else if d.subsec_nanos() == 0 && s > 0 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else if d.subsec_nanos() == 0 {
         format!("{s}s")
@@ -174,8 +177,9 @@ fn duration_in(
     }
 }
 
-static SIZE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(\d+(?:\.\d+)?)\s*(k|K|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$").expect("static regex"));
+static SIZE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(\d+(?:\.\d+)?)\s*(k|K|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$").expect("static regex")
+});
 
 /// A Kubernetes quantity: `10G` (10^9 bytes), `10Gi` (2^30), `500M`, or plain bytes.
 pub(crate) fn parse_size(n: &Node) -> Option<u64> {
@@ -183,7 +187,10 @@ pub(crate) fn parse_size(n: &Node) -> Option<u64> {
         Value::Int(i) if *i > 0 => return u64::try_from(*i).ok(),
         Value::Str(s) => {
             let c = SIZE.captures(s.trim())?;
-            (c[1].parse::<f64>().ok()?, c.get(2).map_or("", |m| m.as_str()).to_string())
+            (
+                c[1].parse::<f64>().ok()?,
+                c.get(2).map_or("", |m| m.as_str()).to_string(),
+            )
         }
         _ => return None,
     };
@@ -201,7 +208,7 @@ pub(crate) fn parse_size(n: &Node) -> Option<u64> {
         _ => 1024f64.powi(5),
     };
     let bytes = (num * mult).round();
-    (bytes >= 1.0 && bytes < 1.8e19).then_some(bytes as u64)
+    (1.0..1.8e19).contains(&bytes).then_some(bytes as u64)
 }
 
 const SIZE_ALLOWED: &str = "a size such as 10G, 500M or 20Gi";
@@ -234,13 +241,25 @@ pub(crate) fn autoscale(
     let min_node = node.get("min");
     let max_node = node.get("max");
     if let Some(n) = min_node
-        && let Some(v) = r.u32(n, &join_key(&path, "min"), 0, cap, &format!("an integer from 0 to {cap} (0 = scale to zero)"))
+        && let Some(v) = r.u32(
+            n,
+            &join_key(&path, "min"),
+            0,
+            cap,
+            &format!("an integer from 0 to {cap} (0 = scale to zero)"),
+        )
     {
         a.min = v;
     }
     let mut max_ok = true;
     if let Some(n) = max_node {
-        match r.u32(n, &join_key(&path, "max"), 1, cap, &format!("an integer from 1 to {cap} (the replica cap)")) {
+        match r.u32(
+            n,
+            &join_key(&path, "max"),
+            1,
+            cap,
+            &format!("an integer from 1 to {cap} (the replica cap)"),
+        ) {
             Some(v) => a.max = v,
             None => max_ok = false,
         }
@@ -258,59 +277,134 @@ pub(crate) fn autoscale(
     if let Some(n) = node.get("target") {
         let field = join_key(&path, "target");
         let v = match a.metric {
-            Metric::Cpu => r.u32(n, &field, 1, 100, "a CPU percentage from 1 to 100 (metric: cpu)"),
-            Metric::Memory => r.u32(n, &field, 1, u32::MAX, "a positive integer of MiB per replica (metric: memory)"),
-            Metric::Concurrency => r.u32(n, &field, 1, u32::MAX, "a positive integer of concurrent requests per replica"),
-            Metric::Rps => r.u32(n, &field, 1, u32::MAX, "a positive integer of requests per second per replica"),
+            Metric::Cpu => r.u32(
+                n,
+                &field,
+                1,
+                100,
+                "a CPU percentage from 1 to 100 (metric: cpu)",
+            ),
+            Metric::Memory => r.u32(
+                n,
+                &field,
+                1,
+                u32::MAX,
+                "a positive integer of MiB per replica (metric: memory)",
+            ),
+            Metric::Concurrency => r.u32(
+                n,
+                &field,
+                1,
+                u32::MAX,
+                "a positive integer of concurrent requests per replica",
+            ),
+            Metric::Rps => r.u32(
+                n,
+                &field,
+                1,
+                u32::MAX,
+                "a positive integer of requests per second per replica",
+            ),
         };
         if let Some(v) = v {
             a.target = v;
         }
     }
     if let Some(n) = node.get("scale_down_delay")
-        && let Some(v) = duration_in(n, &join_key(&path, "scale_down_delay"), Duration::ZERO, SCALE_DOWN_DELAY_MAX, r.d)
+        && let Some(v) = duration_in(
+            n,
+            &join_key(&path, "scale_down_delay"),
+            Duration::ZERO,
+            SCALE_DOWN_DELAY_MAX,
+            r.d,
+        )
     {
         a.scale_down_delay = v;
     }
     if let Some(n) = node.get("stable_window")
-        && let Some(v) = duration_in(n, &join_key(&path, "stable_window"), STABLE_WINDOW_MIN, STABLE_WINDOW_MAX, r.d)
+        && let Some(v) = duration_in(
+            n,
+            &join_key(&path, "stable_window"),
+            STABLE_WINDOW_MIN,
+            STABLE_WINDOW_MAX,
+            r.d,
+        )
     {
         a.stable_window = v;
     }
     if let Some(n) = node.get("revision_timeout")
-        && let Some(v) = duration_in(n, &join_key(&path, "revision_timeout"), Duration::from_secs(1), REVISION_TIMEOUT_MAX, r.d)
+        && let Some(v) = duration_in(
+            n,
+            &join_key(&path, "revision_timeout"),
+            Duration::from_secs(1),
+            REVISION_TIMEOUT_MAX,
+            r.d,
+        )
     {
         a.revision_timeout = v;
     }
     if matches!(a.metric, Metric::Cpu | Metric::Memory) && a.min == 0 {
         let at = min_node.unwrap_or(node);
-        let metric = if a.metric == Metric::Cpu { "cpu" } else { "memory" };
+        let metric = if a.metric == Metric::Cpu {
+            "cpu"
+        } else {
+            "memory"
+        };
         d.warn(at, &join_key(&path, "min"), format!("min 0 is not possible with metric {metric} (it needs a running replica to measure); JCloud resets it to 1, and so does Zeroflow"));
         a.min = 1;
     }
     if max_ok && a.max < a.min {
         let at = max_node.or(min_node).unwrap_or(node);
         let field = if max_node.is_some() { "max" } else { "min" };
-        d.error(at, &join_key(&path, field), format!("max {} is below min {}; allowed: min <= max <= {cap}", a.max, a.min));
+        let msg = if max_node.is_some() {
+            format!(
+                "max {} is below min {}; allowed: min <= max <= {cap}",
+                a.max, a.min
+            )
+        } else {
+            format!(
+                "min {} is above the default max {}; allowed: min <= max <= {cap} (set `max` as well)",
+                a.min, a.max
+            )
+        };
+        d.error(at, &join_key(&path, field), msg);
     }
     (a, true)
 }
 
 /// `jcloud.resources` of an Executor or the gateway.
-pub(crate) fn resources(node: Option<&Node>, path: &str, allow_storage: bool, d: &mut Diags) -> Resources {
+pub(crate) fn resources(
+    node: Option<&Node>,
+    path: &str,
+    allow_storage: bool,
+    d: &mut Diags,
+) -> Resources {
     let mut res = Resources::default();
     let Some(node) = node else { return res };
     let path = join_key(path, "resources");
-    if node.is_null() || (Reader { d }).map(node, &path, "a mapping with instance and storage").is_none() {
+    if node.is_null()
+        || (Reader { d })
+            .map(node, &path, "a mapping with instance and storage")
+            .is_none()
+    {
         return res;
     }
-    d.unknown_keys(node, &path, &[RESOURCE_KEYS, LEGACY_RESOURCE_KEYS], "`jcloud.resources`");
+    d.unknown_keys(
+        node,
+        &path,
+        &[RESOURCE_KEYS, LEGACY_RESOURCE_KEYS],
+        "`jcloud.resources`",
+    );
     let mut instance_given = false;
     if let Some(n) = node.get("instance") {
         instance_given = true;
         match n.as_str().and_then(Instance::tier) {
             Some(i) => res.instance = i,
-            None => d.bad(n, &join_key(&path, "instance"), &format!("one of {}", tier_list())),
+            None => d.bad(
+                n,
+                &join_key(&path, "instance"),
+                &format!("one of {}", tier_list()),
+            ),
         }
     }
     let cpu = node.get("cpu");
@@ -318,7 +412,11 @@ pub(crate) fn resources(node: Option<&Node>, path: &str, allow_storage: bool, d:
     if cpu.is_some() || mem.is_some() {
         let at = cpu.or(mem).unwrap_or(node);
         if instance_given {
-            d.warn(at, &path, "legacy `cpu`/`memory` are ignored because `instance` is given");
+            d.warn(
+                at,
+                &path,
+                "legacy `cpu`/`memory` are ignored because `instance` is given",
+            );
         } else if let Some(tier) = legacy_tier(cpu, mem, &path, d) {
             d.warn(at, &path, format!("legacy `cpu`/`memory` are mapped to the smallest instance that fits, {}; write `instance: {}` instead", tier.name, tier.name));
             res.instance = tier;
@@ -335,20 +433,32 @@ pub(crate) fn resources(node: Option<&Node>, path: &str, allow_storage: bool, d:
     res
 }
 
-fn legacy_tier(cpu: Option<&Node>, mem: Option<&Node>, path: &str, d: &mut Diags) -> Option<Instance> {
+fn legacy_tier(
+    cpu: Option<&Node>,
+    mem: Option<&Node>,
+    path: &str,
+    d: &mut Diags,
+) -> Option<Instance> {
     let mut cores = 0.0;
     let mut gb = 0.0;
     if let Some(n) = cpu {
         let v = match &n.v {
             Value::Int(i) => Some(*i as f64),
             Value::Float(f) => Some(*f),
-            Value::Str(s) => s.strip_suffix('m').and_then(|m| m.parse::<f64>().ok()).map(|m| m / 1000.0),
+            Value::Str(s) => s
+                .strip_suffix('m')
+                .and_then(|m| m.parse::<f64>().ok())
+                .map(|m| m / 1000.0),
             _ => None,
         };
         match v {
             Some(v) if v > 0.0 && v <= 32.0 => cores = v,
             _ => {
-                d.bad(n, &join_key(path, "cpu"), "a number of cores above 0 and at most 32 (C8), or millicores such as 500m");
+                d.bad(
+                    n,
+                    &join_key(path, "cpu"),
+                    "a number of cores above 0 and at most 32 (C8), or millicores such as 500m",
+                );
                 return None;
             }
         }
@@ -357,7 +467,11 @@ fn legacy_tier(cpu: Option<&Node>, mem: Option<&Node>, path: &str, d: &mut Diags
         match parse_size(n) {
             Some(b) if b as f64 / 1e9 <= 64.0 => gb = b as f64 / 1e9,
             _ => {
-                d.bad(n, &join_key(path, "memory"), "a size up to 64G (C8), such as 500M or 8G");
+                d.bad(
+                    n,
+                    &join_key(path, "memory"),
+                    "a size up to 64G (C8), such as 500M or 8G",
+                );
                 return None;
             }
         }
@@ -368,9 +482,7 @@ fn legacy_tier(cpu: Option<&Node>, mem: Option<&Node>, path: &str, d: &mut Diags
 }
 
 fn storage(n: &Node, path: &str, d: &mut Diags) -> Option<Storage> {
-    if (Reader { d }).map(n, path, "a mapping with kind, size and retain").is_none() {
-        return None;
-    }
+    (Reader { d }).map(n, path, "a mapping with kind, size and retain")?;
     d.unknown_keys(n, path, &[STORAGE_KEYS], "`jcloud.resources.storage`");
     let mut kind = StorageKind::Ephemeral;
     if let Some(k) = n.get("kind") {
@@ -393,18 +505,26 @@ fn storage(n: &Node, path: &str, d: &mut Diags) -> Option<Storage> {
     }
     let mut retain = false;
     if let Some(r) = n.get("retain") {
-        retain = Reader { d }.bool(r, &join_key(path, "retain")).unwrap_or(false);
+        retain = Reader { d }
+            .bool(r, &join_key(path, "retain"))
+            .unwrap_or(false);
         if retain && kind == StorageKind::Ephemeral {
-            d.warn(r, &join_key(path, "retain"), "ephemeral storage is deleted with its replica; `retain` needs kind efs or ebs");
+            d.warn(
+                r,
+                &join_key(path, "retain"),
+                "ephemeral storage is deleted with its replica; `retain` needs kind efs or ebs",
+            );
         }
     }
     Some(Storage { kind, size, retain })
 }
 
-static LABEL_NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$").expect("static regex"));
+static LABEL_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$").expect("static regex")
+});
 static DNS_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$").expect("static regex")
+    Regex::new(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$")
+        .expect("static regex")
 });
 
 /// Why `key` is not a Kubernetes label key, if it is not.
@@ -438,11 +558,24 @@ pub(crate) fn labels(node: Option<&Node>, path: &str, d: &mut Diags) -> BTreeMap
     for e in entries {
         let field = join_key(&path, &e.key);
         if SKIPPED_LABELS.contains(&e.key.as_str()) {
-            d.warn_at(e.kline, e.kcol, &field, format!("label key `{}` is reserved by JCloud and skipped", e.key));
+            d.warn_at(
+                e.kline,
+                e.kcol,
+                &field,
+                format!("label key `{}` is reserved by JCloud and skipped", e.key),
+            );
             continue;
         }
         if let Some(why) = label_key_problem(&e.key) {
-            d.error_at(e.kline, e.kcol, &field, format!("label key {} is not valid; allowed: {why}", serde_json::Value::String(e.key.clone())));
+            d.error_at(
+                e.kline,
+                e.kcol,
+                &field,
+                format!(
+                    "label key {} is not valid; allowed: {why}",
+                    serde_json::Value::String(e.key.clone())
+                ),
+            );
             continue;
         }
         let value = match &e.value.v {
@@ -462,17 +595,29 @@ pub(crate) fn labels(node: Option<&Node>, path: &str, d: &mut Diags) -> BTreeMap
 fn traces(node: Option<&Node>, path: &str, d: &mut Diags) -> bool {
     let Some(m) = node else { return false };
     let path = join_key(path, "monitor");
-    if m.is_null() || (Reader { d }).map(m, &path, "a mapping such as {traces: {enable: true}}").is_none() {
+    if m.is_null()
+        || (Reader { d })
+            .map(m, &path, "a mapping such as {traces: {enable: true}}")
+            .is_none()
+    {
         return false;
     }
     d.unknown_keys(m, &path, &[MONITOR_KEYS], "`jcloud.monitor`");
-    let Some(t) = m.get("traces") else { return false };
+    let Some(t) = m.get("traces") else {
+        return false;
+    };
     let tpath = join_key(&path, "traces");
-    if t.is_null() || (Reader { d }).map(t, &tpath, "a mapping such as {enable: true}").is_none() {
+    if t.is_null()
+        || (Reader { d })
+            .map(t, &tpath, "a mapping such as {enable: true}")
+            .is_none()
+    {
         return false;
     }
     d.unknown_keys(t, &tpath, &[TRACES_KEYS], "`jcloud.monitor.traces`");
-    t.get("enable").and_then(|e| Reader { d }.bool(e, &join_key(&tpath, "enable"))).unwrap_or(false)
+    t.get("enable")
+        .and_then(|e| Reader { d }.bool(e, &join_key(&tpath, "enable")))
+        .unwrap_or(false)
 }
 
 /// What an Executor's `jcloud:` needs to know about the Executor itself.
@@ -482,12 +627,23 @@ pub(crate) struct ExecutorFacts {
     pub cap: u32,
 }
 
-pub(crate) fn executor(node: Option<&Node>, path: &str, facts: &ExecutorFacts, d: &mut Diags) -> ExecutorJcloud {
+pub(crate) fn executor(
+    node: Option<&Node>,
+    path: &str,
+    facts: &ExecutorFacts,
+    d: &mut Diags,
+) -> ExecutorJcloud {
     let mut j = ExecutorJcloud::default();
     let path = join_key(path, "jcloud");
     let node = match node {
         Some(n) if n.is_null() => None,
-        Some(n) if (Reader { d }).map(n, &path, "a mapping of JCloud settings").is_none() => None,
+        Some(n)
+            if (Reader { d })
+                .map(n, &path, "a mapping of JCloud settings")
+                .is_none() =>
+        {
+            None
+        }
         other => other,
     };
     if let Some(n) = node {
@@ -506,20 +662,43 @@ pub(crate) fn executor(node: Option<&Node>, path: &str, facts: &ExecutorFacts, d
             .and_then(|r| r.get("storage"))
             .and_then(|s| s.get("kind"))
             .map_or((0, 0), |k| (k.line, k.col));
-        let why = if get("autoscale").is_some() { "`jcloud.autoscale` is set" } else { "`jinaai+serverless://` autoscales" };
+        let why = if get("autoscale").is_some() {
+            "`jcloud.autoscale` is set"
+        } else {
+            "`jinaai+serverless://` autoscales"
+        };
         d.error_at(line, col, &join_key(&join_key(&join_key(&path, "resources"), "storage"), "kind"), format!("got \"ebs\" together with autoscaling ({why}); allowed with autoscale: ephemeral or efs"));
     }
     if let Some(e) = get("expose") {
-        j.expose = Reader { d }.bool(e, &join_key(&path, "expose")).unwrap_or(false);
+        j.expose = Reader { d }
+            .bool(e, &join_key(&path, "expose"))
+            .unwrap_or(false);
     }
     j.labels = labels(get("labels"), &path, d);
     j.traces = traces(get("monitor"), &path, d);
-    let upper = if j.autoscale_set { j.autoscale.max } else { facts.replicas };
-    let what = if j.autoscale_set { "jcloud.autoscale.max" } else { "replicas" };
+    let upper = if j.autoscale_set {
+        j.autoscale.max
+    } else {
+        facts.replicas
+    };
+    let what = if j.autoscale_set {
+        "jcloud.autoscale.max"
+    } else {
+        "replicas"
+    };
     let mut pdb = |key: &str| -> Option<u32> {
         let n = get(key)?;
-        let allowed = format!("an integer lower than {what} ({upper}), so from 0 to {}", upper.saturating_sub(1));
-        Reader { d }.u32(n, &join_key(&path, key), 0, upper.saturating_sub(1), &allowed)
+        let allowed = format!(
+            "an integer lower than {what} ({upper}), so from 0 to {}",
+            upper.saturating_sub(1)
+        );
+        Reader { d }.u32(
+            n,
+            &join_key(&path, key),
+            0,
+            upper.saturating_sub(1),
+            &allowed,
+        )
     };
     j.min_available = pdb("minAvailable");
     j.max_unavailable = pdb("maxUnavailable");
@@ -550,21 +729,44 @@ pub(crate) fn gateway(node: Option<&Node>, path: &str, d: &mut Diags) -> Gateway
     let path = join_key(path, "jcloud");
     let node = match node {
         Some(n) if n.is_null() => None,
-        Some(n) if (Reader { d }).map(n, &path, "a mapping of JCloud settings").is_none() => None,
+        Some(n)
+            if (Reader { d })
+                .map(n, &path, "a mapping of JCloud settings")
+                .is_none() =>
+        {
+            None
+        }
         other => other,
     };
     let Some(node) = node else { return g };
-    d.unknown_keys(node, &path, &[GATEWAY_JCLOUD_KEYS], "the gateway's `jcloud`");
+    d.unknown_keys(
+        node,
+        &path,
+        &[GATEWAY_JCLOUD_KEYS],
+        "the gateway's `jcloud`",
+    );
     if let Some(e) = node.get("expose") {
-        g.expose = Reader { d }.bool(e, &join_key(&path, "expose")).unwrap_or(true);
+        g.expose = Reader { d }
+            .bool(e, &join_key(&path, "expose"))
+            .unwrap_or(true);
     }
     if let Some(t) = node.get("timeout")
-        && let Some(v) = duration_in(t, &join_key(&path, "timeout"), Duration::from_secs(1), GATEWAY_TIMEOUT_MAX, d)
+        && let Some(v) = duration_in(
+            t,
+            &join_key(&path, "timeout"),
+            Duration::from_secs(1),
+            GATEWAY_TIMEOUT_MAX,
+            d,
+        )
     {
         g.idle_timeout = v;
     }
     if let Some(a) = node.get("autoscale") {
-        d.warn(a, &join_key(&path, "autoscale"), "Zeroflow runs one gateway per Flow and does not autoscale it; ignored");
+        d.warn(
+            a,
+            &join_key(&path, "autoscale"),
+            "Zeroflow runs one gateway per Flow and does not autoscale it; ignored",
+        );
     }
     g.resources = resources(node.get("resources"), &path, false, d);
     g.labels = labels(node.get("labels"), &path, d);
@@ -573,9 +775,18 @@ pub(crate) fn gateway(node: Option<&Node>, path: &str, d: &mut Diags) -> Gateway
 }
 
 pub(crate) fn flow(node: Option<&Node>, path: &str, d: &mut Diags) -> FlowJcloud {
-    let mut f = FlowJcloud { name: None, version: None, labels: BTreeMap::new(), traces: false };
+    let mut f = FlowJcloud {
+        name: None,
+        version: None,
+        labels: BTreeMap::new(),
+        traces: false,
+    };
     let Some(node) = node else { return f };
-    if node.is_null() || (Reader { d }).map(node, path, "a mapping of JCloud settings").is_none() {
+    if node.is_null()
+        || (Reader { d })
+            .map(node, path, "a mapping of JCloud settings")
+            .is_none()
+    {
         return f;
     }
     d.unknown_keys(node, path, &[FLOW_JCLOUD_KEYS], "the top-level `jcloud`");
@@ -587,16 +798,22 @@ pub(crate) fn flow(node: Option<&Node>, path: &str, d: &mut Diags) -> FlowJcloud
 pub(crate) fn flow_keys(node: &Node, path: &str, f: &mut FlowJcloud, d: &mut Diags) {
     if let Some(n) = node.get("name") {
         let field = join_key(path, "name");
-        f.name = Reader { d }.text(n, &field, "a non-empty string").filter(|s| {
-            let ok = !s.trim().is_empty();
-            if !ok {
-                d.bad(n, &field, "a non-empty string");
-            }
-            ok
-        });
+        f.name = Reader { d }
+            .text(n, &field, "a non-empty string")
+            .filter(|s| {
+                let ok = !s.trim().is_empty();
+                if !ok {
+                    d.bad(n, &field, "a non-empty string");
+                }
+                ok
+            });
     }
     if let Some(n) = node.get("version") {
-        f.version = Reader { d }.text(n, &join_key(path, "version"), "a Jina version such as 3.34.0");
+        f.version = Reader { d }.text(
+            n,
+            &join_key(path, "version"),
+            "a Jina version such as 3.34.0",
+        );
     }
     f.labels = labels(node.get("labels"), path, d);
     f.traces = traces(node.get("monitor"), path, d);
@@ -617,7 +834,11 @@ mod tests {
     use super::*;
 
     fn s(t: &str) -> Node {
-        Node { v: Value::Str(t.into()), line: 1, col: 1 }
+        Node {
+            v: Value::Str(t.into()),
+            line: 1,
+            col: 1,
+        }
     }
 
     #[test]
@@ -625,7 +846,10 @@ mod tests {
         assert_eq!(parse_duration(&s("30s")), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration(&s("1m30s")), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration(&s("1h")), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration(&s("500ms")), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_duration(&s("500ms")),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(parse_duration(&s("30")), None);
         assert_eq!(parse_duration(&s("-1s")), None);
     }

@@ -47,9 +47,17 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.field.is_empty() {
-            write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+            write!(
+                f,
+                "line {}, column {}: {}",
+                self.line, self.column, self.message
+            )
         } else {
-            write!(f, "line {}, column {}: {}: {}", self.line, self.column, self.field, self.message)
+            write!(
+                f,
+                "line {}, column {}: {}: {}",
+                self.line, self.column, self.field, self.message
+            )
         }
     }
 }
@@ -86,9 +94,17 @@ pub struct Loaded {
 /// warnings, as are values JCloud adjusts; values Jina or JCloud would refuse are errors, all of
 /// them reported at once.
 pub fn load(yaml: &str, source: &Source) -> Result<Loaded, SpecError> {
-    let fail = |errors: Vec<Diagnostic>| SpecError { source_name: source.name.clone(), errors };
+    let fail = |errors: Vec<Diagnostic>| SpecError {
+        source_name: source.name.clone(),
+        errors,
+    };
     let parsed = yaml::parse(yaml).map_err(|e| {
-        fail(vec![Diagnostic { line: e.line, column: e.col, field: String::new(), message: format!("YAML syntax error: {}", e.message) }])
+        fail(vec![Diagnostic {
+            line: e.line,
+            column: e.col,
+            field: String::new(),
+            message: format!("YAML syntax error: {}", e.message),
+        }])
     })?;
     let mut d = diag::Diags::default();
     let Some(mut root) = parsed.root else {
@@ -104,14 +120,25 @@ pub fn load(yaml: &str, source: &Source) -> Result<Loaded, SpecError> {
         d.warn_at(w.line, w.col, &field, w.message);
     }
     if !root.is_map() {
-        d.error(&root, "", format!("got {}, allowed: a mapping with `jtype: Flow` or `jtype: Deployment`", diag::describe(&root)));
+        d.error(
+            &root,
+            "",
+            format!(
+                "got {}, allowed: a mapping with `jtype: Flow` or `jtype: Deployment`",
+                diag::describe(&root)
+            ),
+        );
         return Err(fail(d.errors));
     }
     vars::expand(&mut root, "", source, &mut d);
-    let ctx = flow::Ctx { cap: source.max_replicas_cap.unwrap_or(DEFAULT_MAX_REPLICAS_CAP) };
+    let ctx = flow::Ctx {
+        cap: source.max_replicas_cap.unwrap_or(DEFAULT_MAX_REPLICAS_CAP),
+    };
     let flow = match root.get("jtype") {
         Some(j) if j.as_str() == Some("Flow") => Some(flow::load_flow(&root, &ctx, &mut d)),
-        Some(j) if j.as_str() == Some("Deployment") => Some(flow::load_deployment(&root, &ctx, &mut d)),
+        Some(j) if j.as_str() == Some("Deployment") => {
+            Some(flow::load_deployment(&root, &ctx, &mut d))
+        }
         Some(j) => {
             d.bad(j, "jtype", "Flow or Deployment");
             None
@@ -124,7 +151,10 @@ pub fn load(yaml: &str, source: &Source) -> Result<Loaded, SpecError> {
     d.errors.sort_by_key(|e| (e.line, e.column));
     d.warnings.sort_by_key(|e| (e.line, e.column));
     match flow {
-        Some(flow) if d.errors.is_empty() => Ok(Loaded { flow, warnings: d.warnings }),
+        Some(flow) if d.errors.is_empty() => Ok(Loaded {
+            flow,
+            warnings: d.warnings,
+        }),
         _ => Err(fail(d.errors)),
     }
 }
@@ -135,11 +165,61 @@ fn path_of(root: &yaml::Node, line: usize, col: usize) -> Option<String> {
         match &n.v {
             yaml::Value::Map(entries) => entries.iter().find_map(|e| {
                 let p = diag::join_key(path, &e.key);
-                if e.kline == line && e.kcol == col { Some(p) } else { walk(&e.value, &p, line, col) }
+                if e.kline == line && e.kcol == col {
+                    Some(p)
+                } else {
+                    walk(&e.value, &p, line, col)
+                }
             }),
-            yaml::Value::Seq(items) => items.iter().enumerate().find_map(|(i, it)| walk(it, &diag::join_index(path, i), line, col)),
+            yaml::Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, it)| walk(it, &diag::join_index(path, i), line, col)),
             _ => None,
         }
     }
     walk(root, "", line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str =
+        "jtype: Flow\nexecutors:\n  - name: a\n    jcloud:\n      autoscale:\n        max: 8\n";
+
+    #[test]
+    fn the_replica_cap_is_a_setting() {
+        let err = load(
+            SPEC,
+            &Source {
+                name: "f.yml".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("an integer from 1 to 5"), "{err}");
+        let src = Source {
+            max_replicas_cap: Some(10),
+            ..Default::default()
+        };
+        let flow = load(SPEC, &src).unwrap().flow;
+        assert_eq!(flow.executors[0].jcloud.autoscale.max, 8);
+    }
+
+    #[test]
+    fn errors_name_source_line_column_and_field() {
+        let err = load(
+            "jtype: Flow\nexecutors:\n  - name: a\n    replicas: 0\n",
+            &Source {
+                name: "f.yml".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.yml: line 4, column 15: executors[0].replicas: got 0, allowed: an integer >= 1"
+        );
+    }
 }

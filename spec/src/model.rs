@@ -140,7 +140,7 @@ pub struct FlowJcloud {
     pub traces: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct ExecutorJcloud {
     pub autoscale: Autoscale,
     /// False when the YAML had no `jcloud.autoscale` (replicas are then fixed).
@@ -188,7 +188,8 @@ impl Default for Autoscale {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Defaults to JCloud's C1 tier without storage.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Resources {
     pub instance: Instance,
     pub storage: Option<Storage>,

@@ -34,7 +34,11 @@ pub(crate) fn unresolved(s: &str) -> Vec<Unresolved> {
             } else {
                 (c.get(3).or(c.get(4)).map_or("", |m| m.as_str()), false)
             };
-            Unresolved { text, name: name.to_string(), from_context }
+            Unresolved {
+                text,
+                name: name.to_string(),
+                from_context,
+            }
         })
         .collect()
 }
@@ -65,7 +69,12 @@ pub(crate) fn expand(node: &mut Node, path: &str, src: &Source, diags: &mut Diag
                 let new = substitute_str(s, src);
                 for u in unresolved(&new) {
                     if u.text.starts_with("${{") {
-                        diags.warn_at(node.line, node.col, path, unresolved_note(&u) + "; the text is kept as it is");
+                        diags.warn_at(
+                            node.line,
+                            node.col,
+                            path,
+                            unresolved_note(&u) + "; the text is kept as it is",
+                        );
                     }
                 }
                 *s = new;
@@ -90,16 +99,26 @@ pub(crate) fn expand(node: &mut Node, path: &str, src: &Source, diags: &mut Diag
 
 pub(crate) fn unresolved_note(u: &Unresolved) -> String {
     if u.from_context {
-        format!("`{}` is not defined: `{}` is not in the context (.env)", u.text, u.name)
+        format!(
+            "`{}` is not defined: `{}` is not in the context (.env)",
+            u.text, u.name
+        )
     } else {
-        format!("`{}` is not defined: `{}` is not in the environment", u.text, u.name)
+        format!(
+            "`{}` is not defined: `{}` is not in the environment",
+            u.text, u.name
+        )
     }
 }
 
 /// Jina's `parse_arg`: how a string value is read once its variables are substituted.
 pub(crate) fn parse_arg(v: &str, line: usize, col: usize) -> Value {
     let b = v.as_bytes();
-    if b.len() >= 2 && matches!(b[0], b'\'' | b'"') && matches!(b[b.len() - 1], b'\'' | b'"') && !v[1..v.len() - 1].contains('\n') {
+    if b.len() >= 2
+        && matches!(b[0], b'\'' | b'"')
+        && matches!(b[b.len() - 1], b'\'' | b'"')
+        && !v[1..v.len() - 1].contains('\n')
+    {
         return Value::Str(v[1..v.len() - 1].to_string());
     }
     if v.starts_with('[') && v.ends_with(']') {
@@ -109,7 +128,13 @@ pub(crate) fn parse_arg(v: &str, line: usize, col: usize) -> Value {
             return Value::Seq(vec![]);
         }
         return Value::Seq(
-            tmp.split(',').map(|p| Node { v: parse_arg(p.trim(), line, col), line, col }).collect(),
+            tmp.split(',')
+                .map(|p| Node {
+                    v: parse_arg(p.trim(), line, col),
+                    line,
+                    col,
+                })
+                .collect(),
         );
     }
     if let Some(i) = py_int(v) {
@@ -133,7 +158,8 @@ fn strip_underscores(s: &str) -> Option<String> {
     let b = s.as_bytes();
     for (i, c) in b.iter().enumerate() {
         if *c == b'_' {
-            let ok = i > 0 && i + 1 < b.len() && b[i - 1].is_ascii_digit() && b[i + 1].is_ascii_digit();
+            let ok =
+                i > 0 && i + 1 < b.len() && b[i - 1].is_ascii_digit() && b[i + 1].is_ascii_digit();
             if !ok {
                 return None;
             }
@@ -165,7 +191,10 @@ fn py_float(v: &str) -> Option<f64> {
     if matches!(lower.as_str(), "inf" | "infinity" | "nan") {
         return t.to_ascii_lowercase().parse::<f64>().ok();
     }
-    if !body.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-' | '_')) {
+    if !body
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-' | '_'))
+    {
         return None;
     }
     strip_underscores(t)?.parse::<f64>().ok()
@@ -197,8 +226,17 @@ mod tests {
         let mut src = Source::default();
         src.env.insert("A".into(), "1".into());
         src.context.insert("B".into(), "two".into());
-        assert_eq!(substitute_str("$A ${A} ${{ ENV.A }} ${{ env.A }}", &src), "1 1 1 1");
-        assert_eq!(substitute_str("${{ B }}-${{ context.B }}-${{ CONTEXT.B }}", &src), "two-two-two");
-        assert_eq!(substitute_str("${{ ENV.NOPE }} $NOPE", &src), "${{ ENV.NOPE }} $NOPE");
+        assert_eq!(
+            substitute_str("$A ${A} ${{ ENV.A }} ${{ env.A }}", &src),
+            "1 1 1 1"
+        );
+        assert_eq!(
+            substitute_str("${{ B }}-${{ context.B }}-${{ CONTEXT.B }}", &src),
+            "two-two-two"
+        );
+        assert_eq!(
+            substitute_str("${{ ENV.NOPE }} $NOPE", &src),
+            "${{ ENV.NOPE }} $NOPE"
+        );
     }
 }

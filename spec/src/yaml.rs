@@ -92,8 +92,18 @@ impl Node {
 }
 
 enum Frame {
-    Seq { node: Node, anchor: usize, items: Vec<Node> },
-    Map { node: Node, anchor: usize, tag: Option<Tag>, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq {
+        node: Node,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        node: Node,
+        anchor: usize,
+        tag: Option<Tag>,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
 }
 
 /// Parses the first and only document of `text`. A syntax error is returned as an issue with
@@ -102,7 +112,11 @@ pub(crate) fn parse(text: &str) -> Result<Parsed, YamlIssue> {
     // yaml-rust2 is a third-party parser: a panic inside it must not take the caller down.
     match std::panic::catch_unwind(|| parse_inner(text)) {
         Ok(r) => r,
-        Err(_) => Err(YamlIssue { line: 0, col: 0, message: "the YAML parser failed on this input".into() }),
+        Err(_) => Err(YamlIssue {
+            line: 0,
+            col: 0,
+            message: "the YAML parser failed on this input".into(),
+        }),
     }
 }
 
@@ -143,18 +157,41 @@ fn parse_inner(text: &str) -> Result<Parsed, YamlIssue> {
                     n.col = col;
                     Some((n, 0))
                 }
-                None => return Err(YamlIssue { line, col, message: "unknown alias".into() }),
+                None => {
+                    return Err(YamlIssue {
+                        line,
+                        col,
+                        message: "unknown alias".into(),
+                    });
+                }
             },
-            Event::Scalar(s, style, anchor, tag) => {
-                Some((Node { v: resolve_scalar(s, style, tag.as_ref()), line, col }, anchor))
-            }
+            Event::Scalar(s, style, anchor, tag) => Some((
+                Node {
+                    v: resolve_scalar(s, style, tag.as_ref()),
+                    line,
+                    col,
+                },
+                anchor,
+            )),
             Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq { node: Node { v: Value::Null, line, col }, anchor, items: vec![] });
+                stack.push(Frame::Seq {
+                    node: Node {
+                        v: Value::Null,
+                        line,
+                        col,
+                    },
+                    anchor,
+                    items: vec![],
+                });
                 None
             }
             Event::MappingStart(anchor, tag) => {
                 stack.push(Frame::Map {
-                    node: Node { v: Value::Null, line, col },
+                    node: Node {
+                        v: Value::Null,
+                        line,
+                        col,
+                    },
                     anchor,
                     tag,
                     entries: vec![],
@@ -163,26 +200,56 @@ fn parse_inner(text: &str) -> Result<Parsed, YamlIssue> {
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { mut node, anchor, items }) => {
+                Some(Frame::Seq {
+                    mut node,
+                    anchor,
+                    items,
+                }) => {
                     node.v = Value::Seq(items);
                     Some((node, anchor))
                 }
-                _ => return Err(YamlIssue { line, col, message: "unbalanced sequence".into() }),
+                _ => {
+                    return Err(YamlIssue {
+                        line,
+                        col,
+                        message: "unbalanced sequence".into(),
+                    });
+                }
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map { mut node, anchor, tag, entries, .. }) => {
+                Some(Frame::Map {
+                    mut node,
+                    anchor,
+                    tag,
+                    entries,
+                    ..
+                }) => {
                     node.v = Value::Map(build_map(entries, tag, &mut warnings));
                     Some((node, anchor))
                 }
-                _ => return Err(YamlIssue { line, col, message: "unbalanced mapping".into() }),
+                _ => {
+                    return Err(YamlIssue {
+                        line,
+                        col,
+                        message: "unbalanced mapping".into(),
+                    });
+                }
             },
         };
         if stack.len() > MAX_DEPTH {
-            return Err(YamlIssue { line, col, message: format!("nesting deeper than {MAX_DEPTH} levels") });
+            return Err(YamlIssue {
+                line,
+                col,
+                message: format!("nesting deeper than {MAX_DEPTH} levels"),
+            });
         }
         count += 1;
         if count > MAX_NODES {
-            return Err(YamlIssue { line, col, message: format!("more than {MAX_NODES} YAML nodes (after expanding aliases)") });
+            return Err(YamlIssue {
+                line,
+                col,
+                message: format!("more than {MAX_NODES} YAML nodes (after expanding aliases)"),
+            });
         }
         if let Some((node, anchor)) = finished {
             if anchor > 0 {
@@ -190,9 +257,22 @@ fn parse_inner(text: &str) -> Result<Parsed, YamlIssue> {
             }
             match stack.last_mut() {
                 Some(Frame::Seq { items, .. }) => items.push(node),
-                Some(Frame::Map { entries, key, .. }) => match key.take() {
+                Some(Frame::Map {
+                    node: map,
+                    entries,
+                    key,
+                    ..
+                }) => match key.take() {
                     Some(k) => entries.push((k, node)),
-                    None => *key = Some(node),
+                    None => {
+                        // The parser marks a block mapping at its first `:`; its first key is
+                        // where a reader looks for it.
+                        if entries.is_empty() {
+                            map.line = node.line;
+                            map.col = node.col;
+                        }
+                        *key = Some(node);
+                    }
                 },
                 None => root = Some(node),
             }
@@ -213,7 +293,11 @@ fn size(n: &Node) -> usize {
     }
 }
 
-fn build_map(raw: Vec<(Node, Node)>, tag: Option<Tag>, warnings: &mut Vec<YamlIssue>) -> Vec<Entry> {
+fn build_map(
+    raw: Vec<(Node, Node)>,
+    tag: Option<Tag>,
+    warnings: &mut Vec<YamlIssue>,
+) -> Vec<Entry> {
     let mut own: Vec<Entry> = Vec::new();
     let mut merged: Vec<Entry> = Vec::new();
     for (k, v) in raw {
@@ -224,7 +308,11 @@ fn build_map(raw: Vec<(Node, Node)>, tag: Option<Tag>, warnings: &mut Vec<YamlIs
                 Value::Map(_) => vec![v],
                 Value::Seq(items) => items,
                 _ => {
-                    warnings.push(YamlIssue { line: v.line, col: v.col, message: "`<<` merges only mappings; ignored".into() });
+                    warnings.push(YamlIssue {
+                        line: v.line,
+                        col: v.col,
+                        message: "`<<` merges only mappings; ignored".into(),
+                    });
                     vec![]
                 }
             };
@@ -247,9 +335,17 @@ fn build_map(raw: Vec<(Node, Node)>, tag: Option<Tag>, warnings: &mut Vec<YamlIs
             });
             own.remove(i);
         }
-        own.push(Entry { key, kline: k.line, kcol: k.col, value: v });
+        own.push(Entry {
+            key,
+            kline: k.line,
+            kcol: k.col,
+            value: v,
+        });
     }
-    let mut out: Vec<Entry> = merged.into_iter().filter(|m| !own.iter().any(|e| e.key == m.key)).collect();
+    let mut out: Vec<Entry> = merged
+        .into_iter()
+        .filter(|m| !own.iter().any(|e| e.key == m.key))
+        .collect();
     out.extend(own);
     // Jina rewrites the old tag style (`!Flow`) to `jtype: Flow` before it reads anything.
     if let Some(t) = tag
@@ -257,7 +353,19 @@ fn build_map(raw: Vec<(Node, Node)>, tag: Option<Tag>, warnings: &mut Vec<YamlIs
         && !t.suffix.is_empty()
         && !out.iter().any(|e| e.key == "jtype")
     {
-        out.insert(0, Entry { key: "jtype".into(), kline: 0, kcol: 0, value: Node { v: Value::Str(t.suffix), line: 0, col: 0 } });
+        out.insert(
+            0,
+            Entry {
+                key: "jtype".into(),
+                kline: 0,
+                kcol: 0,
+                value: Node {
+                    v: Value::Str(t.suffix),
+                    line: 0,
+                    col: 0,
+                },
+            },
+        );
     }
     out
 }
@@ -266,7 +374,13 @@ fn key_text(k: &Node) -> String {
     match &k.v {
         Value::Str(s) => s.clone(),
         Value::Null => String::new(),
-        Value::Bool(b) => if *b { "True".into() } else { "False".into() },
+        Value::Bool(b) => {
+            if *b {
+                "True".into()
+            } else {
+                "False".into()
+            }
+        }
         Value::Int(i) => i.to_string(),
         Value::Float(f) => py_float(*f),
         Value::Seq(_) | Value::Map(_) => "<complex key>".into(),
@@ -295,7 +409,9 @@ fn resolve_plain(s: String) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" => return Value::Bool(true),
         "no" | "No" | "NO" | "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
@@ -318,7 +434,11 @@ fn yaml11_int(s: &str) -> Option<Value> {
     if body.is_empty() {
         return None;
     }
-    let digits_ok = |d: &str, radix: u32| !d.is_empty() && d.chars().all(|c| c == '_' || c.is_digit(radix)) && d.chars().any(|c| c != '_');
+    let digits_ok = |d: &str, radix: u32| {
+        !d.is_empty()
+            && d.chars().all(|c| c == '_' || c.is_digit(radix))
+            && d.chars().any(|c| c != '_')
+    };
     let (radix, digits) = if let Some(d) = body.strip_prefix("0b") {
         (2, d)
     } else if let Some(d) = body.strip_prefix("0x") {
@@ -380,7 +500,9 @@ fn yaml11_float(s: &str) -> Option<f64> {
     if !int_part.is_empty() && !int_part.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
     }
-    if !int_part.chars().all(|c| c.is_ascii_digit() || c == '_') || !frac.chars().all(|c| c.is_ascii_digit() || c == '_') {
+    if !int_part.chars().all(|c| c.is_ascii_digit() || c == '_')
+        || !frac.chars().all(|c| c.is_ascii_digit() || c == '_')
+    {
         return None;
     }
     if int_part.is_empty() && !frac.starts_with(|c: char| c.is_ascii_digit()) {
@@ -418,7 +540,9 @@ mod tests {
 
     #[test]
     fn scalars_resolve_like_pyyaml() {
-        let r = root("a: on\nb: yes\nc: No\nd: 0x1F\ne: 017\nf: 1_000\ng: 1:30\ni: 1e3\nj: 1.5\nk: ~\nl: '1'\nm:\n");
+        let r = root(
+            "a: on\nb: yes\nc: No\nd: 0x1F\ne: 017\nf: 1_000\ng: 1:30\ni: 1e3\nj: 1.5\nk: ~\nl: '1'\nm:\n",
+        );
         let v = |k: &str| r.get(k).unwrap().v.clone();
         assert_eq!(v("a"), Value::Str("on".into()));
         assert_eq!(v("b"), Value::Bool(true));

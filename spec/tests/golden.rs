@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use zeroflow_spec::{Source, load};
 
 fn specs(kind: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs").join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/specs")
+        .join(kind);
     let mut v: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -25,11 +27,18 @@ pub fn source_for(path: &Path) -> Source {
     let v: serde_json::Value = serde_json::from_str(&text).expect("source.json is JSON");
     let map = |k: &str| -> BTreeMap<String, String> {
         v[k].as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Source {
-        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         env: map("env"),
         context: map("context"),
         ..Default::default()
@@ -47,7 +56,10 @@ fn check(expected_path: &Path, actual: &str, failures: &mut Vec<String>) {
             "{} differs.\n--- expected\n{expected}\n--- actual\n{actual}",
             expected_path.display()
         )),
-        Err(_) => failures.push(format!("{} is missing; actual:\n{actual}", expected_path.display())),
+        Err(_) => failures.push(format!(
+            "{} is missing; actual:\n{actual}",
+            expected_path.display()
+        )),
     }
 }
 
@@ -83,8 +95,16 @@ fn bad_specs_fail_with_their_golden_errors() {
         match load(&text, &source_for(&path)) {
             Ok(_) => failures.push(format!("{} should fail but loaded", path.display())),
             Err(e) => {
-                assert!(!e.errors.is_empty(), "{}: an error without diagnostics", path.display());
-                check(&path.with_extension("err"), &format!("{e}\n"), &mut failures);
+                assert!(
+                    !e.errors.is_empty(),
+                    "{}: an error without diagnostics",
+                    path.display()
+                );
+                check(
+                    &path.with_extension("err"),
+                    &format!("{e}\n"),
+                    &mut failures,
+                );
             }
         }
     }

@@ -32,8 +32,8 @@ struct Args {
     /// The name appended to each request's routes (jina's `--name`).
     #[arg(long, default_value = "executor")]
     name: String,
-    /// Text appended to every document's `text` field.
-    #[arg(long)]
+    /// Text appended to every document's `text` field (may start with `-`).
+    #[arg(long, allow_hyphen_values = true)]
     append: Option<String>,
     /// Time spent on every request before answering.
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]

@@ -2,6 +2,7 @@
 //! and transparency to a real `jina gateway` in front of a real `jina executor`.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use zeroflow_proto::jina::jina_single_data_request_rpc_client::JinaSingleDataRequestRpcClient;
@@ -12,6 +13,31 @@ struct Shim {
     child: Child,
     grpc: String,
     admin: String,
+}
+
+/// Kills a process still running when a test fails, so no test leaves processes behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn start_shim(extra: &[&str], command: &[&str]) -> Shim {
@@ -70,7 +96,7 @@ fn request(i: usize) -> DataRequestProto {
 fn sigterm_under_load_answers_every_accepted_request_and_leaves_no_process() {
     let exec = bin("zeroflow-test-executor");
     let exec = exec.to_str().expect("utf8");
-    let shim = start_shim(&[], &[exec, "--delay", "1500ms"]);
+    let mut shim = start_shim(&[], &[exec, "--delay", "1500ms"]);
     let child_pids = descendants(shim.child.id());
     assert!(!child_pids.is_empty(), "the shim runs its Executor as a child");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -112,7 +138,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_leaves_no_process() {
         let resp = r.expect("task").unwrap_or_else(|s| panic!("request {i} failed: {s}"));
         assert_eq!(resp.get_ref().header.as_ref().unwrap().request_id, format!("req-{i}"));
     }
-    let mut child = shim.child;
+    let child = &mut shim.child;
     let status = wait_for("shim exit", Duration::from_secs(60), || child.try_wait().expect("wait"));
     assert!(status.success(), "shim exit status {status}");
     for p in child_pids {
@@ -149,7 +175,7 @@ fn a_missing_command_is_a_clear_error() {
 #[test]
 fn metrics_and_stats_are_served() {
     let exec = bin("zeroflow-test-executor");
-    let shim = start_shim(&["--container-concurrency", "2"], &[exec.to_str().expect("utf8")]);
+    let mut shim = start_shim(&["--container-concurrency", "2"], &[exec.to_str().expect("utf8")]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut c = JinaSingleDataRequestRpcClient::connect(format!("http://{}", shim.grpc))
@@ -165,7 +191,58 @@ fn metrics_and_stats_are_served() {
         "{metrics}"
     );
     assert!(http_get(&shim.admin, "/ready").starts_with("HTTP/1.0 200"));
-    let mut child = shim.child;
+    let child = &mut shim.child;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = wait_for("shim exit", Duration::from_secs(60), || child.try_wait().expect("wait"));
+    assert!(status.success());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn a_real_jina_gateway_fronts_the_shim_wrapping_a_real_jina_executor() {
+    let config = workspace_root().join("tests/python/executors/appender.yml");
+    let mut shim = start_shim(
+        &[],
+        &[
+            "jina", "executor", "--uses", config.to_str().expect("utf8"), "--name", "exec",
+            "--port", "{port}", "--native",
+        ],
+    );
+    let port = free_port();
+    let gateway = Command::new(venv_bin().join("jina"))
+        .args(["gateway", "--port", &port.to_string()])
+        .args(["--graph-description", r#"{"exec": ["end-gateway"], "start-gateway": ["exec"]}"#])
+        .args(["--deployments-addresses", &format!(r#"{{"exec": ["{}"]}}"#, shim.grpc)])
+        .env("JINA_OPTOUT_TELEMETRY", "1")
+        .process_group(0)
+        .spawn()
+        .expect("spawn jina gateway");
+    let mut gateway = KillOnDrop(gateway);
+    // jina's gateway opens its port only after reflection and discovery on the shim answered.
+    wait_for("jina gateway port", Duration::from_secs(120), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &format!("grpc://127.0.0.1:{port}"), "--suffix=-py"],
+    );
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(gateway.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = gateway.0.wait();
+    let child = &mut shim.child;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -1,0 +1,113 @@
+//! `jc flow serve` end to end with the real, unmodified `jina.Client`: once with Rust test
+//! Executors, once with real `jina executor` Python Executors (a two-branch Flow with `needs`,
+//! an Executor from `py_modules`), and the clear errors a bad Flow gets.
+
+use std::process::Command;
+use zeroflow_tests::*;
+
+#[test]
+fn jina_client_against_rust_executors_grpc_and_http() {
+    let dir = temp_dir("rust-flow");
+    // `command:` is Zeroflow's extension for Executors that are not Python: here the Rust test
+    // Executor. exec2 has two replicas, so requests are balanced across them.
+    let served = serve_flow(
+        &dir,
+        r#"
+jtype: Flow
+with:
+  protocol: [grpc, http]
+executors:
+  - name: exec1
+    command: zeroflow-test-executor --append=-one
+  - name: exec2
+    command: zeroflow-test-executor --append=-two --endpoints /custom
+    replicas: 2
+"#,
+    );
+    let grpc = served.grpc.clone().expect("grpc endpoint printed");
+    let http = served.http.clone().expect("http endpoint printed");
+    assert_eq!(served.tree().len(), 6, "3 shims with one Executor each");
+    run_python("check_client.py", &["rust_flow_grpc", "--grpc", &grpc]);
+    run_python("check_client.py", &["rust_flow_http", "--http", &http]);
+    served.stop();
+}
+
+#[test]
+fn jina_client_against_python_executors_with_needs_and_py_modules() {
+    let dir = temp_dir("python-flow");
+    let execs = workspace_root().join("tests/python/executors");
+    let yaml = format!(
+        r#"
+jtype: Flow
+with:
+  protocol: [grpc, http]
+executors:
+  - name: start
+    uses: {execs}/appender.yml
+  - name: b
+    uses: Appender
+    py_modules: [{execs}/appender.py]
+    uses_with:
+      suffix: B
+      field: b
+    needs: start
+  - name: c
+    uses: Appender
+    py_modules: [{execs}/appender.py]
+    uses_with:
+      suffix: C
+      field: c
+    needs: start
+  - name: j
+    uses: Appender
+    py_modules: [{execs}/appender.py]
+    uses_with:
+      suffix: -j
+    needs: [b, c]
+"#,
+        execs = execs.display()
+    );
+    let served = serve_flow(&dir, &yaml);
+    let grpc = served.grpc.clone().expect("grpc");
+    let http = served.http.clone().expect("http");
+    run_python("check_client.py", &["python_flow", "--grpc", &grpc, "--http", &http]);
+    served.stop();
+}
+
+#[test]
+fn a_bad_flow_is_refused_with_line_and_column() {
+    let dir = temp_dir("bad-flow");
+    std::fs::write(
+        dir.join("flow.yml"),
+        "jtype: Flow\nexecutors:\n  - name: e\n    jcloud:\n      autoscale:\n        min: 3\n        max: 1\n",
+    )
+    .expect("write");
+    let out = Command::new(bin("jc"))
+        .args(["flow", "serve"])
+        .arg(dir.join("flow.yml"))
+        .output()
+        .expect("run jc");
+    assert_eq!(out.status.code(), Some(65), "bad input exits 65");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 7"), "names the line: {stderr}");
+    assert!(stderr.contains("executors[0].jcloud.autoscale.max"), "names the field: {stderr}");
+}
+
+#[test]
+fn an_executor_that_cannot_start_is_reported_with_its_output() {
+    let dir = temp_dir("crash-flow");
+    std::fs::write(
+        dir.join("flow.yml"),
+        "jtype: Flow\nexecutors:\n  - name: crashy\n    command: zeroflow-test-executor --crash-after 1ms --startup-delay 50ms\n",
+    )
+    .expect("write");
+    let out = Command::new(bin("jc"))
+        .args(["flow", "serve"])
+        .arg(dir.join("flow.yml"))
+        .output()
+        .expect("run jc");
+    assert_eq!(out.status.code(), Some(69), "cannot start exits 69");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("replica crashy-0 of Executor crashy failed to start"), "{stderr}");
+    assert!(stderr.contains("crashing on purpose"), "shows the Executor's own output: {stderr}");
+}
