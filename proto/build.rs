@@ -5,8 +5,11 @@ fn main() {
     let fds = protox::compile(["jina.proto", "docarray.proto"], ["proto"]).expect("protos compile");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     // Reflection (v1alpha, which jina's gateway calls) needs the descriptor set at run time.
-    std::fs::write(out.join("jina_descriptor.bin"), prost::Message::encode_to_vec(&fds))
-        .expect("write descriptor set");
+    std::fs::write(
+        out.join("jina_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )
+    .expect("write descriptor set");
     tonic_prost_build::configure()
         .bytes(".jina.DataRequestProto.data")
         .compile_fds(fds)

@@ -59,7 +59,9 @@ impl ConcurrencyMeter {
     }
 
     fn advance(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last_change).as_secs_f64();
+        let dt = now
+            .saturating_duration_since(self.last_change)
+            .as_secs_f64();
         self.area += self.in_flight as f64 * dt;
         self.proxied_area += self.proxied_in_flight as f64 * dt;
         self.last_change = now.max(self.last_change);
@@ -105,7 +107,12 @@ impl ConcurrencyMeter {
                 self.proxied_arrivals as f64 / secs,
             )
         } else {
-            (self.in_flight as f64, self.proxied_in_flight as f64, 0.0, 0.0)
+            (
+                self.in_flight as f64,
+                self.proxied_in_flight as f64,
+                0.0,
+                0.0,
+            )
         };
         let stat = Stat {
             pod: pod.to_string(),

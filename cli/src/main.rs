@@ -6,7 +6,12 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "jc", version, about = "Zeroflow: serverless Jina Flows", propagate_version = true)]
+#[command(
+    name = "jc",
+    version,
+    about = "Zeroflow: serverless Jina Flows",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Top,

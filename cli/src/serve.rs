@@ -123,7 +123,10 @@ pub async fn serve(args: ServeArgs) -> i32 {
         match tokio::net::TcpListener::bind((args.host.as_str(), port)).await {
             Ok(sock) => listeners.push((l.protocol, sock)),
             Err(e) => {
-                eprintln!("error: the gateway cannot listen on {}:{port} for {:?}: {e}", args.host, l.protocol);
+                eprintln!(
+                    "error: the gateway cannot listen on {}:{port} for {:?}: {e}",
+                    args.host, l.protocol
+                );
                 return EX_UNAVAILABLE;
             }
         }
@@ -176,17 +179,27 @@ pub async fn serve(args: ServeArgs) -> i32 {
             Protocol::Websocket => "http",
         };
         if let Ok(addr) = l.local_addr() {
-            println!("  {:<10} {scheme}://{addr}", format!("{protocol:?}").to_lowercase());
+            println!(
+                "  {:<10} {scheme}://{addr}",
+                format!("{protocol:?}").to_lowercase()
+            );
         }
     }
     for r in &local.replicas {
-        println!("  replica    {:<20} pid {:<8} {}", r.id, r.pid().unwrap_or(0), r.grpc_addr);
+        println!(
+            "  replica    {:<20} pid {:<8} {}",
+            r.id,
+            r.pid().unwrap_or(0),
+            r.grpc_addr
+        );
     }
     println!("Press Ctrl-C to stop.");
 
     let served = zeroflow_gateway::serve(gateway, listeners, shutdown_signal()).await;
     eprintln!("Stopping: draining replicas...");
-    local.stop(opts.drain_timeout + Duration::from_secs(15)).await;
+    local
+        .stop(opts.drain_timeout + Duration::from_secs(15))
+        .await;
     let _ = std::fs::remove_dir_all(&work_dir);
     match served {
         Ok(()) => {

@@ -104,7 +104,10 @@ impl Child {
         let status = match tokio::time::timeout(grace, self.inner.wait()).await {
             Ok(s) => s.ok(),
             Err(_) => {
-                tracing::warn!(pid = self.pid(), "executor ignored SIGTERM; killing its group");
+                tracing::warn!(
+                    pid = self.pid(),
+                    "executor ignored SIGTERM; killing its group"
+                );
                 let _ = killpg(self.pgid, Signal::SIGKILL);
                 self.inner.wait().await.ok()
             }

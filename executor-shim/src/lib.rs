@@ -173,9 +173,10 @@ impl Shim {
             Some(p) => p,
             None => free_port()?,
         };
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{child_port}"))?
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{child_port}"))?
+                .tcp_nodelay(true)
+                .connect_lazy();
         let (ready, _) = watch::channel(false);
         let now = Instant::now();
         let state = Arc::new(State {
@@ -205,7 +206,10 @@ impl Shim {
     }
 
     /// Runs until `shutdown` resolves (then drains) or the child exits.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<Exit> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<Exit> {
         let Shim {
             state,
             config,
@@ -260,7 +264,8 @@ impl Shim {
         );
 
         let started = Instant::now();
-        let readiness = wait_child_serving(&state.channel, config.ready_poll, config.startup_timeout);
+        let readiness =
+            wait_child_serving(&state.channel, config.ready_poll, config.startup_timeout);
         tokio::pin!(shutdown);
         let exit = tokio::select! {
             ready = readiness => {
@@ -310,7 +315,10 @@ impl Shim {
             })
             .await;
             if drained.is_err() {
-                tracing::warn!(in_flight = state.in_flight(), "drain timeout: stopping with requests in flight");
+                tracing::warn!(
+                    in_flight = state.in_flight(),
+                    "drain timeout: stopping with requests in flight"
+                );
             }
         }
         let _ = stop_server_tx.send(());

@@ -5,7 +5,10 @@ use std::time::Duration;
 use zeroflow_shim::{Exit, Shim, ShimConfig};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Wraps one Executor replica: supervises it, proxies its RPCs, reports stats, drains on SIGTERM")]
+#[command(
+    version,
+    about = "Wraps one Executor replica: supervises it, proxies its RPCs, reports stats, drains on SIGTERM"
+)]
 struct Args {
     /// Executor name (used in messages and metrics).
     #[arg(long, default_value = "executor")]
@@ -46,14 +49,16 @@ struct Args {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let replica = args.replica.clone().unwrap_or_else(|| format!("{}-0", args.executor));
+    let replica = args
+        .replica
+        .clone()
+        .unwrap_or_else(|| format!("{}-0", args.executor));
     let config = ShimConfig {
         executor: args.executor.clone(),
         replica,
@@ -67,7 +72,10 @@ async fn main() {
     };
     let code = match run(config, &args).await {
         Ok(Exit::Drained) => 0,
-        Ok(Exit::ChildExited { status, stderr_tail }) => {
+        Ok(Exit::ChildExited {
+            status,
+            stderr_tail,
+        }) => {
             eprintln!(
                 "Executor {} exited ({status}). Last lines of its stderr:\n{stderr_tail}",
                 args.executor

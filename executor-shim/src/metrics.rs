@@ -54,7 +54,11 @@ impl Metrics {
             "Data requests proxied to the Executor, by gRPC code",
             m.requests.clone(),
         );
-        root.register("in_flight", "Data requests in flight now", m.in_flight.clone());
+        root.register(
+            "in_flight",
+            "Data requests in flight now",
+            m.in_flight.clone(),
+        );
         root.register("ready", "1 while the Executor serves", m.ready.clone());
         root.register("draining", "1 once draining started", m.draining.clone());
         root.register(

@@ -65,15 +65,32 @@ impl tower::Service<http::Request<axum::body::Body>> for ProxyService {
         let state = self.state.clone();
         Box::pin(async move {
             let path = req.uri().path().to_string();
-            let pq = PathAndQuery::try_from(path.as_str()).unwrap_or(PathAndQuery::from_static("/"));
+            let pq =
+                PathAndQuery::try_from(path.as_str()).unwrap_or(PathAndQuery::from_static("/"));
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 .max_decoding_message_size(zeroflow_proto::MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(zeroflow_proto::MAX_MESSAGE_SIZE);
             let data = is_data_rpc(&path);
             let resp = if is_unary(&path) {
-                grpc.unary(Unary { state, path: pq, data }, req).await
+                grpc.unary(
+                    Unary {
+                        state,
+                        path: pq,
+                        data,
+                    },
+                    req,
+                )
+                .await
             } else {
-                grpc.streaming(Streamed { state, path: pq, data }, req).await
+                grpc.streaming(
+                    Streamed {
+                        state,
+                        path: pq,
+                        data,
+                    },
+                    req,
+                )
+                .await
             };
             Ok(resp)
         })

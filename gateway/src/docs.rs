@@ -70,7 +70,10 @@ pub fn json_to_node(v: &Value) -> NodeProto {
             data: items.iter().map(json_to_node).collect(),
         })),
         Value::Object(m) => node(Content::Dict(DictOfAnyProto {
-            data: m.iter().map(|(k, v)| (k.clone(), json_to_node(v))).collect(),
+            data: m
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_node(v)))
+                .collect(),
         })),
     }
 }
@@ -113,7 +116,9 @@ pub fn node_to_json(n: &NodeProto) -> Value {
         None => Value::Null,
         Some(Content::Text(s)) => Value::String(s.clone()),
         Some(Content::Integer(i)) => Value::Number((*i).into()),
-        Some(Content::Float(f)) => Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+        Some(Content::Float(f)) => Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         Some(Content::Boolean(b)) => Value::Bool(*b),
         Some(Content::Blob(b)) => {
             Value::String(base64::engine::general_purpose::STANDARD.encode(b))
@@ -158,22 +163,39 @@ pub fn docs_to_json(l: &DocListProto) -> Value {
 fn ndarray_to_json(buf: &[u8], shape: &[u32], dtype: &str) -> Value {
     let little = !dtype.starts_with('>');
     let kind = dtype.trim_start_matches(['<', '>', '=', '|']);
-    let (size, conv): (usize, fn(&[u8], bool) -> Value) = match kind {
+    type Conv = fn(&[u8], bool) -> Value;
+    let (size, conv): (usize, Conv) = match kind {
         "f4" => (4, |b, le| {
             let a = [b[0], b[1], b[2], b[3]];
-            num(if le { f32::from_le_bytes(a) } else { f32::from_be_bytes(a) } as f64)
+            num(if le {
+                f32::from_le_bytes(a)
+            } else {
+                f32::from_be_bytes(a)
+            } as f64)
         }),
         "f8" => (8, |b, le| {
             let a: [u8; 8] = b.try_into().unwrap_or([0; 8]);
-            num(if le { f64::from_le_bytes(a) } else { f64::from_be_bytes(a) })
+            num(if le {
+                f64::from_le_bytes(a)
+            } else {
+                f64::from_be_bytes(a)
+            })
         }),
         "i4" => (4, |b, le| {
             let a = [b[0], b[1], b[2], b[3]];
-            Value::from(if le { i32::from_le_bytes(a) } else { i32::from_be_bytes(a) })
+            Value::from(if le {
+                i32::from_le_bytes(a)
+            } else {
+                i32::from_be_bytes(a)
+            })
         }),
         "i8" => (8, |b, le| {
             let a: [u8; 8] = b.try_into().unwrap_or([0; 8]);
-            Value::from(if le { i64::from_le_bytes(a) } else { i64::from_be_bytes(a) })
+            Value::from(if le {
+                i64::from_le_bytes(a)
+            } else {
+                i64::from_be_bytes(a)
+            })
         }),
         "u1" => (1, |b, _| Value::from(b[0])),
         "b1" => (1, |b, _| Value::Bool(b[0] != 0)),
@@ -202,7 +224,9 @@ fn ndarray_to_json(buf: &[u8], shape: &[u32], dtype: &str) -> Value {
 }
 
 fn num(f: f64) -> Value {
-    Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+    Number::from_f64(f)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 fn doc_id(d: &DocProto) -> Option<&str> {
@@ -277,8 +301,14 @@ mod tests {
             .iter()
             .flat_map(|f| f.to_le_bytes())
             .collect();
-        assert_eq!(ndarray_to_json(&buf, &[2, 2], "<f4"), json!([[1.0, 2.0], [3.0, 4.0]]));
-        assert_eq!(ndarray_to_json(&buf, &[4], "<f4"), json!([1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(
+            ndarray_to_json(&buf, &[2, 2], "<f4"),
+            json!([[1.0, 2.0], [3.0, 4.0]])
+        );
+        assert_eq!(
+            ndarray_to_json(&buf, &[4], "<f4"),
+            json!([1.0, 2.0, 3.0, 4.0])
+        );
     }
 
     #[test]

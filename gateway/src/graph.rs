@@ -138,17 +138,18 @@ impl Graph {
     }
 
     /// Walks one request through the graph and returns the response for the client.
-    pub async fn run(self: &Arc<Self>, mut req: DataRequestProto) -> Result<DataRequestProto, Status> {
+    pub async fn run(
+        self: &Arc<Self>,
+        mut req: DataRequestProto,
+    ) -> Result<DataRequestProto, Status> {
         let header = req.header.get_or_insert_with(HeaderProto::default);
         if header.request_id.is_empty() {
             header.request_id = uuid::Uuid::new_v4().simple().to_string();
         }
         let target = match header.target_executor.as_deref() {
-            Some(t) if !t.is_empty() => Some(
-                Regex::new(&format!("^(?:{t})")).map_err(|e| {
-                    Status::invalid_argument(format!("target_executor {t:?} is not a valid regex: {e}"))
-                })?,
-            ),
+            Some(t) if !t.is_empty() => Some(Regex::new(&format!("^(?:{t})")).map_err(|e| {
+                Status::invalid_argument(format!("target_executor {t:?} is not a valid regex: {e}"))
+            })?),
             _ => None,
         };
         // Executors see target_executor present and empty, as jina's gateway sends it.
@@ -165,12 +166,17 @@ impl Graph {
         let start: Shared<BoxFuture<'static, Outcome>> =
             futures::future::ready(Ok(Arc::new(req))).boxed().shared();
         let ctx = Arc::new(Ctx { target, endpoint });
-        let mut outs: Vec<Shared<BoxFuture<'static, Outcome>>> = Vec::with_capacity(self.nodes.len());
+        let mut outs: Vec<Shared<BoxFuture<'static, Outcome>>> =
+            Vec::with_capacity(self.nodes.len());
         for idx in 0..self.nodes.len() {
             let inputs: Vec<_> = if self.nodes[idx].needs.is_empty() {
                 vec![start.clone()]
             } else {
-                self.nodes[idx].needs.iter().map(|&d| outs[d].clone()).collect()
+                self.nodes[idx]
+                    .needs
+                    .iter()
+                    .map(|&d| outs[d].clone())
+                    .collect()
             };
             let graph = self.clone();
             let ctx = ctx.clone();
@@ -222,7 +228,9 @@ impl Graph {
             return Ok(if reqs.len() == 1 {
                 reqs.pop().expect("one")
             } else {
-                Arc::new(merge_requests(reqs.iter().map(|r| r.as_ref().clone()).collect())?)
+                Arc::new(merge_requests(
+                    reqs.iter().map(|r| r.as_ref().clone()).collect(),
+                )?)
             });
         }
         let opts = CallOptions {

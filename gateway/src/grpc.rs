@@ -12,11 +12,15 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 use zeroflow_proto::jina::{
     DataRequestProto, EndpointsProto, JinaInfoProto, StatusProto,
-    jina_discover_endpoints_rpc_server::{JinaDiscoverEndpointsRpc, JinaDiscoverEndpointsRpcServer},
+    jina_discover_endpoints_rpc_server::{
+        JinaDiscoverEndpointsRpc, JinaDiscoverEndpointsRpcServer,
+    },
     jina_gateway_dry_run_rpc_server::{JinaGatewayDryRunRpc, JinaGatewayDryRunRpcServer},
     jina_info_rpc_server::{JinaInfoRpc, JinaInfoRpcServer},
     jina_rpc_server::{JinaRpc, JinaRpcServer},
-    jina_single_data_request_rpc_server::{JinaSingleDataRequestRpc, JinaSingleDataRequestRpcServer},
+    jina_single_data_request_rpc_server::{
+        JinaSingleDataRequestRpc, JinaSingleDataRequestRpcServer,
+    },
 };
 
 #[derive(Clone)]
@@ -53,7 +57,11 @@ impl JinaRpc for GrpcGateway {
             let mut unordered = FuturesUnordered::new();
             let mut inbound_done = false;
             loop {
-                let pending = if in_order { ordered.len() } else { unordered.len() };
+                let pending = if in_order {
+                    ordered.len()
+                } else {
+                    unordered.len()
+                };
                 if inbound_done && pending == 0 {
                     break;
                 }

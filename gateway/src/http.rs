@@ -26,9 +26,9 @@ pub fn router(gw: Arc<Gateway>) -> axum::Router {
 
 async fn dry_run(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     let s = gw.dry_run().await;
-    let exception = s.exception.as_ref().map(|e| {
-        json!({"name": e.name, "args": e.args, "stacks": e.stacks, "executor": e.executor})
-    });
+    let exception = s.exception.as_ref().map(
+        |e| json!({"name": e.name, "args": e.args, "stacks": e.stacks, "executor": e.executor}),
+    );
     Json(json!({"code": s.code, "description": s.description, "exception": exception}))
 }
 
@@ -39,7 +39,11 @@ async fn status() -> Json<Value> {
 async fn openapi(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     let mut paths = serde_json::Map::new();
     for ep in gw.endpoints() {
-        let ep = if ep.starts_with('/') { ep } else { format!("/{ep}") };
+        let ep = if ep.starts_with('/') {
+            ep
+        } else {
+            format!("/{ep}")
+        };
         paths.insert(
             ep.clone(),
             json!({"post": {
@@ -205,7 +209,10 @@ pub fn json_to_value(v: &Value) -> prost_types::Value {
 
 pub fn json_to_struct(m: &serde_json::Map<String, Value>) -> prost_types::Struct {
     prost_types::Struct {
-        fields: m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+        fields: m
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
     }
 }
 

@@ -102,10 +102,7 @@ impl Gateway {
             ..Default::default()
         };
         match self.graph.run(req).await {
-            Ok(resp) => resp
-                .header
-                .and_then(|h| h.status)
-                .unwrap_or_default(),
+            Ok(resp) => resp.header.and_then(|h| h.status).unwrap_or_default(),
             Err(s) => StatusProto::error("gateway", "FlowNotReady", s.message().to_string()),
         }
     }
@@ -178,7 +175,9 @@ pub async fn serve(
             }
             Protocol::Http | Protocol::Websocket => {
                 if protocol == Protocol::Websocket {
-                    tracing::warn!("websocket is served as HTTP: the websocket protocol is not implemented yet");
+                    tracing::warn!(
+                        "websocket is served as HTTP: the websocket protocol is not implemented yet"
+                    );
                 }
                 let app = http::router(gw.clone());
                 tasks.push(tokio::spawn(async move {

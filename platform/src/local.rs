@@ -16,9 +16,7 @@ use zeroflow_spec::{Executor, Flow, Uses};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error(
-        "Executor {executor} uses {uses}, which the local runtime cannot run: {why}"
-    )]
+    #[error("Executor {executor} uses {uses}, which the local runtime cannot run: {why}")]
     Unsupported {
         executor: String,
         uses: String,
@@ -30,14 +28,18 @@ pub enum RuntimeError {
         replica: String,
         source: std::io::Error,
     },
-    #[error("replica {replica} of Executor {executor} failed to start ({status}). Last lines of its output:\n{tail}")]
+    #[error(
+        "replica {replica} of Executor {executor} failed to start ({status}). Last lines of its output:\n{tail}"
+    )]
     Failed {
         executor: String,
         replica: String,
         status: String,
         tail: String,
     },
-    #[error("replica {replica} of Executor {executor} was not ready within {timeout:?}. Last lines of its output:\n{tail}")]
+    #[error(
+        "replica {replica} of Executor {executor} was not ready within {timeout:?}. Last lines of its output:\n{tail}"
+    )]
     Timeout {
         executor: String,
         replica: String,
@@ -210,7 +212,12 @@ impl ReplicaProcess {
     }
 
     pub fn output_tail(&self) -> String {
-        self.tail.lock().iter().cloned().collect::<Vec<_>>().join("\n")
+        self.tail
+            .lock()
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// SIGTERM: the shim drains, stops its Executor, and exits.
@@ -221,7 +228,10 @@ impl ReplicaProcess {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(replica = %self.id, "shim did not stop in time; killing it");
             let _ = self.child.kill().await;
         }
@@ -304,7 +314,8 @@ pub async fn start_replica(
             }
         });
     }
-    let text = |t: &Arc<Mutex<VecDeque<String>>>| t.lock().iter().cloned().collect::<Vec<_>>().join("\n");
+    let text =
+        |t: &Arc<Mutex<VecDeque<String>>>| t.lock().iter().cloned().collect::<Vec<_>>().join("\n");
     let ready = tokio::select! {
         r = ready_rx => r.ok(),
         status = child.wait() => {
@@ -360,7 +371,11 @@ impl LocalFlow {
                         format!("{}-{r}", exec.name)
                     };
                     jobs.push(async move {
-                        (exec.name.clone(), shard, start_replica(exec, &id, opts).await)
+                        (
+                            exec.name.clone(),
+                            shard,
+                            start_replica(exec, &id, opts).await,
+                        )
                     });
                 }
             }

@@ -17,8 +17,8 @@ use zeroflow_proto::docarray::{DocListProto, NodeProto, node_proto};
 use zeroflow_proto::jina::{
     DataContentProto, DataRequestListProto, DataRequestProto, EndpointsProto, JinaInfoProto,
     RouteProto, StatusProto, data_content_proto, jina_data_request_rpc_server as dr,
-    jina_discover_endpoints_rpc_server as de, jina_info_rpc_server as info, jina_rpc_server as call,
-    jina_single_data_request_rpc_server as sdr,
+    jina_discover_endpoints_rpc_server as de, jina_info_rpc_server as info,
+    jina_rpc_server as call, jina_single_data_request_rpc_server as sdr,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -131,7 +131,12 @@ impl dr::JinaDataRequestRpc for Svc {
         &self,
         req: Request<DataRequestListProto>,
     ) -> Result<Response<DataRequestProto>, Status> {
-        let first = req.into_inner().requests.into_iter().next().unwrap_or_default();
+        let first = req
+            .into_inner()
+            .requests
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         Ok(Response::new(self.0.process(first).await))
     }
 }
@@ -156,10 +161,7 @@ impl call::JinaRpc for Svc {
 
 #[tonic::async_trait]
 impl de::JinaDiscoverEndpointsRpc for Svc {
-    async fn endpoint_discovery(
-        &self,
-        _: Request<()>,
-    ) -> Result<Response<EndpointsProto>, Status> {
+    async fn endpoint_discovery(&self, _: Request<()>) -> Result<Response<EndpointsProto>, Status> {
         let mut endpoints = vec!["/default".to_string()];
         endpoints.extend(self.0.args.endpoints.iter().cloned());
         endpoints.push(zeroflow_proto::DRY_RUN_ENDPOINT.to_string());
@@ -176,7 +178,10 @@ impl info::JinaInfoRpc for Svc {
     async fn status(&self, _: Request<()>) -> Result<Response<JinaInfoProto>, Status> {
         let mut jina = HashMap::new();
         jina.insert("jina".into(), "3.34.0".into());
-        jina.insert("zeroflow-test-executor".into(), env!("CARGO_PKG_VERSION").into());
+        jina.insert(
+            "zeroflow-test-executor".into(),
+            env!("CARGO_PKG_VERSION").into(),
+        );
         Ok(Response::new(JinaInfoProto {
             jina,
             envs: HashMap::new(),

@@ -67,7 +67,10 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_millis(200));
     }
@@ -166,9 +169,11 @@ pub fn serve_flow(dir: &Path, yaml: &str) -> Served {
     // Keep draining stdout so jc never blocks on a full pipe.
     std::thread::spawn(move || while rx.recv().is_ok() {});
     let find = |scheme: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.split_whitespace().find(|w| w.starts_with(scheme)).map(str::to_string))
+        lines.iter().find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with(scheme))
+                .map(str::to_string)
+        })
     };
     Served {
         grpc: find("grpc://"),
@@ -198,7 +203,10 @@ impl Served {
         });
         assert!(status.success(), "jc exited with {status}");
         let left: Vec<u32> = tree.into_iter().filter(|p| pid_alive(*p)).collect();
-        assert!(left.is_empty(), "processes left behind after jc stopped: {left:?}");
+        assert!(
+            left.is_empty(),
+            "processes left behind after jc stopped: {left:?}"
+        );
     }
 }
 

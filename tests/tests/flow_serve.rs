@@ -70,7 +70,10 @@ executors:
     let served = serve_flow(&dir, &yaml);
     let grpc = served.grpc.clone().expect("grpc");
     let http = served.http.clone().expect("http");
-    run_python("check_client.py", &["python_flow", "--grpc", &grpc, "--http", &http]);
+    run_python(
+        "check_client.py",
+        &["python_flow", "--grpc", &grpc, "--http", &http],
+    );
     served.stop();
 }
 
@@ -90,7 +93,10 @@ fn a_bad_flow_is_refused_with_line_and_column() {
     assert_eq!(out.status.code(), Some(65), "bad input exits 65");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 7"), "names the line: {stderr}");
-    assert!(stderr.contains("executors[0].jcloud.autoscale.max"), "names the field: {stderr}");
+    assert!(
+        stderr.contains("executors[0].jcloud.autoscale.max"),
+        "names the field: {stderr}"
+    );
 }
 
 #[test]
@@ -108,6 +114,12 @@ fn an_executor_that_cannot_start_is_reported_with_its_output() {
         .expect("run jc");
     assert_eq!(out.status.code(), Some(69), "cannot start exits 69");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("replica crashy-0 of Executor crashy failed to start"), "{stderr}");
-    assert!(stderr.contains("crashing on purpose"), "shows the Executor's own output: {stderr}");
+    assert!(
+        stderr.contains("replica crashy-0 of Executor crashy failed to start"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("crashing on purpose"),
+        "shows the Executor's own output: {stderr}"
+    );
 }

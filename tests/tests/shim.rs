@@ -42,7 +42,14 @@ impl Drop for Shim {
 
 fn start_shim(extra: &[&str], command: &[&str]) -> Shim {
     let mut child = Command::new(bin("zeroflow-shim"))
-        .args(["--executor", "echo", "--replica", "echo-0", "--drain-timeout", "60s"])
+        .args([
+            "--executor",
+            "echo",
+            "--replica",
+            "echo-0",
+            "--drain-timeout",
+            "60s",
+        ])
         .args(extra)
         .arg("--")
         .args(command)
@@ -98,7 +105,10 @@ fn sigterm_under_load_answers_every_accepted_request_and_leaves_no_process() {
     let exec = exec.to_str().expect("utf8");
     let mut shim = start_shim(&[], &[exec, "--delay", "1500ms"]);
     let child_pids = descendants(shim.child.id());
-    assert!(!child_pids.is_empty(), "the shim runs its Executor as a child");
+    assert!(
+        !child_pids.is_empty(),
+        "the shim runs its Executor as a child"
+    );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let n = 24;
     let url = format!("http://{}", shim.grpc);
@@ -135,11 +145,18 @@ fn sigterm_under_load_answers_every_accepted_request_and_leaves_no_process() {
         futures::future::join_all(calls).await
     });
     for (i, r) in results.into_iter().enumerate() {
-        let resp = r.expect("task").unwrap_or_else(|s| panic!("request {i} failed: {s}"));
-        assert_eq!(resp.get_ref().header.as_ref().unwrap().request_id, format!("req-{i}"));
+        let resp = r
+            .expect("task")
+            .unwrap_or_else(|s| panic!("request {i} failed: {s}"));
+        assert_eq!(
+            resp.get_ref().header.as_ref().unwrap().request_id,
+            format!("req-{i}")
+        );
     }
     let child = &mut shim.child;
-    let status = wait_for("shim exit", Duration::from_secs(60), || child.try_wait().expect("wait"));
+    let status = wait_for("shim exit", Duration::from_secs(60), || {
+        child.try_wait().expect("wait")
+    });
     assert!(status.success(), "shim exit status {status}");
     for p in child_pids {
         assert!(!pid_alive(p), "Executor process {p} outlived its shim");
@@ -158,24 +175,38 @@ fn a_crashing_executor_is_reported_with_its_stderr() {
     assert_eq!(out.status.code(), Some(3), "exit code for a dead Executor");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Executor crashy exited"), "{stderr}");
-    assert!(stderr.contains("crashing on purpose"), "stderr tail missing: {stderr}");
+    assert!(
+        stderr.contains("crashing on purpose"),
+        "stderr tail missing: {stderr}"
+    );
 }
 
 #[test]
 fn a_missing_command_is_a_clear_error() {
     let out = Command::new(bin("zeroflow-shim"))
-        .args(["--executor", "x", "--", "/nonexistent/zeroflow-no-such-binary"])
+        .args([
+            "--executor",
+            "x",
+            "--",
+            "/nonexistent/zeroflow-no-such-binary",
+        ])
         .output()
         .expect("run shim");
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot start `/nonexistent/zeroflow-no-such-binary`"), "{stderr}");
+    assert!(
+        stderr.contains("cannot start `/nonexistent/zeroflow-no-such-binary`"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn metrics_and_stats_are_served() {
     let exec = bin("zeroflow-test-executor");
-    let mut shim = start_shim(&["--container-concurrency", "2"], &[exec.to_str().expect("utf8")]);
+    let mut shim = start_shim(
+        &["--container-concurrency", "2"],
+        &[exec.to_str().expect("utf8")],
+    );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut c = JinaSingleDataRequestRpcClient::connect(format!("http://{}", shim.grpc))
@@ -187,7 +218,9 @@ fn metrics_and_stats_are_served() {
     });
     let metrics = http_get(&shim.admin, "/metrics");
     assert!(
-        metrics.contains("zeroflow_shim_requests_total{executor=\"echo\",replica=\"echo-0\",code=\"OK\"} 3"),
+        metrics.contains(
+            "zeroflow_shim_requests_total{executor=\"echo\",replica=\"echo-0\",code=\"OK\"} 3"
+        ),
         "{metrics}"
     );
     assert!(http_get(&shim.admin, "/ready").starts_with("HTTP/1.0 200"));
@@ -197,7 +230,9 @@ fn metrics_and_stats_are_served() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    let status = wait_for("shim exit", Duration::from_secs(60), || child.try_wait().expect("wait"));
+    let status = wait_for("shim exit", Duration::from_secs(60), || {
+        child.try_wait().expect("wait")
+    });
     assert!(status.success());
 }
 
@@ -215,15 +250,28 @@ fn a_real_jina_gateway_fronts_the_shim_wrapping_a_real_jina_executor() {
     let mut shim = start_shim(
         &[],
         &[
-            "jina", "executor", "--uses", config.to_str().expect("utf8"), "--name", "exec",
-            "--port", "{port}", "--native",
+            "jina",
+            "executor",
+            "--uses",
+            config.to_str().expect("utf8"),
+            "--name",
+            "exec",
+            "--port",
+            "{port}",
+            "--native",
         ],
     );
     let port = free_port();
     let gateway = Command::new(venv_bin().join("jina"))
         .args(["gateway", "--port", &port.to_string()])
-        .args(["--graph-description", r#"{"exec": ["end-gateway"], "start-gateway": ["exec"]}"#])
-        .args(["--deployments-addresses", &format!(r#"{{"exec": ["{}"]}}"#, shim.grpc)])
+        .args([
+            "--graph-description",
+            r#"{"exec": ["end-gateway"], "start-gateway": ["exec"]}"#,
+        ])
+        .args([
+            "--deployments-addresses",
+            &format!(r#"{{"exec": ["{}"]}}"#, shim.grpc),
+        ])
         .env("JINA_OPTOUT_TELEMETRY", "1")
         .process_group(0)
         .spawn()
@@ -235,7 +283,12 @@ fn a_real_jina_gateway_fronts_the_shim_wrapping_a_real_jina_executor() {
     });
     run_python(
         "check_client.py",
-        &["single", "--grpc", &format!("grpc://127.0.0.1:{port}"), "--suffix=-py"],
+        &[
+            "single",
+            "--grpc",
+            &format!("grpc://127.0.0.1:{port}"),
+            "--suffix=-py",
+        ],
     );
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(gateway.0.id() as i32),
@@ -248,6 +301,8 @@ fn a_real_jina_gateway_fronts_the_shim_wrapping_a_real_jina_executor() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    let status = wait_for("shim exit", Duration::from_secs(60), || child.try_wait().expect("wait"));
+    let status = wait_for("shim exit", Duration::from_secs(60), || {
+        child.try_wait().expect("wait")
+    });
     assert!(status.success());
 }

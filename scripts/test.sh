@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: unit, golden, property, and end to end with the real jina client,
+# real jina executors and gateways. Installs the Python side first if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export JINA_OPTOUT_TELEMETRY=1 NO_VERSION_CHECK=1
+bash scripts/setup-python.sh
+# The end-to-end tests run the workspace's binaries (jc, zeroflow-shim, the test Executor).
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast
