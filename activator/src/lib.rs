@@ -3,9 +3,11 @@
 //! the autoscaler. It never spawns anything.
 
 pub mod breaker;
+pub mod metrics;
 pub mod replicas;
 pub mod stats;
 
 pub use breaker::{Breaker, BreakerError, Permit};
-pub use replicas::{CallOptions, Replica, ReplicaSet};
+pub use metrics::ActivatorMetrics;
+pub use replicas::{CallOptions, PROXIED_HEADER, Replica, ReplicaSet, ThrottleSettings};
 pub use stats::{ConcurrencyMeter, Stat};

@@ -265,7 +265,7 @@ impl Shim {
 
         let started = Instant::now();
         let readiness =
-            wait_child_serving(&state.channel, config.ready_poll, config.startup_timeout);
+            wait_child_serving(&state.channel, Some(child_port), config.ready_poll, config.startup_timeout);
         tokio::pin!(shutdown);
         let exit = tokio::select! {
             ready = readiness => {
@@ -348,6 +348,7 @@ async fn set_health(h: &tonic_health::server::HealthReporter, s: ServingStatus) 
 /// Polls the child's gRPC health every `poll` until SERVING; false after `timeout`.
 pub async fn wait_child_serving(
     channel: &tonic::transport::Channel,
+    child_port: Option<u16>,
     poll: Duration,
     timeout: Duration,
 ) -> bool {
@@ -355,6 +356,19 @@ pub async fn wait_child_serving(
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let deadline = Instant::now() + timeout;
     let mut client = HealthClient::new(channel.clone());
+    // A Jina Executor opens its port only once `__init__` is done, so an open port means "about
+    // to serve". Probing the port every 2 ms costs microseconds on loopback and shaves up to a
+    // whole poll interval off every cold start; the health check confirms SERVING.
+    if let Some(port) = child_port {
+        let fast = Duration::from_millis(2);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(fast).await;
+        }
+    }
+    let poll = if child_port.is_some() { Duration::from_millis(2).max(poll / 10) } else { poll };
     loop {
         let check = tokio::time::timeout(
             Duration::from_millis(100).max(poll),

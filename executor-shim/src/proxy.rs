@@ -16,8 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use zeroflow_proto::paths;
 use zeroflow_proto::raw::RawCodec;
 
-/// Metadata key the activator sets so the shim can report proxied requests apart.
-pub const PROXIED_HEADER: &str = "x-zeroflow-proxied";
+use zeroflow_activator::PROXIED_HEADER;
 
 /// Paths whose calls are work the autoscaler should see; the rest (discovery, reflection,
 /// status) are control traffic.

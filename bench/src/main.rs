@@ -1,0 +1,547 @@
+//! `zeroflow-bench`: measures, in one run on this machine, what Zeroflow's request path costs. The
+//! same Rust test Executor is called three ways with one Rust load generator: directly, through
+//! `jc flow serve` (gateway + shim), and through Jina's own Python `jina gateway`; the bench prints
+//! requests/s and latency percentiles of each, and the ratios the project targets, as a markdown
+//! table. It is a report, not a test: it never fails on a missed target, only on wrong answers.
+//!
+//! It starts every process it measures and stops them all on every exit path.
+
+mod load;
+mod procs;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use load::{LoadConfig, LoadResult};
+use procs::{Proc, Stop, TempDir, free_port, line_channel};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// Zeroflow's added p50 latency over calling the Executor directly, at most.
+const TARGET_ADDED_P50_MS: f64 = 0.3;
+/// Zeroflow's throughput over Jina's Python gateway's, at least.
+const TARGET_SPEEDUP: f64 = 5.0;
+
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// What to measure. Only `warm` (everything started and warmed up) exists now; `cold` (first
+    /// request to a scaled-to-zero Executor) and `burst` (a burst from zero) come with the
+    /// scale-to-zero issue.
+    #[arg(long, value_enum, default_value_t = Scenario::Warm)]
+    scenario: Scenario,
+    /// Requests in flight at any time (one load task each).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Measured requests per setup.
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Requests sent before measuring (connections, caches, allocators warm up).
+    #[arg(long, default_value_t = 1_000)]
+    warmup: u64,
+    /// HTTP/2 connections shared by the load tasks; default one per 4 tasks.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Where `jc` and `zeroflow-test-executor` are; default: next to this binary.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The `jina` command; default: the workspace's `.venv/bin/jina`, else `jina` on PATH.
+    #[arg(long)]
+    jina: Option<PathBuf>,
+    /// Do not measure Jina's Python gateway.
+    #[arg(long)]
+    skip_jina: bool,
+    /// Also write the markdown table and ratios to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Everything started and warmed up; steady load.
+    Warm,
+    /// First request to a scaled-to-zero Executor (not implemented yet).
+    Cold,
+    /// A burst of requests arriving at zero replicas (not implemented yet).
+    Burst,
+}
+
+/// One measured setup.
+struct Row {
+    label: &'static str,
+    result: LoadResult,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.scenario != Scenario::Warm {
+        eprintln!(
+            "error: --scenario {:?} is not implemented yet: cold start and burst from zero come \
+             with the scale-to-zero issue; use --scenario warm",
+            args.scenario
+        );
+        return ExitCode::from(64);
+    }
+    if args.concurrency == 0 || args.requests == 0 {
+        eprintln!("error: --concurrency and --requests must be at least 1");
+        return ExitCode::from(64);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    rt.block_on(async {
+        // Dropping `run` on Ctrl-C drops the process guards it holds, which stop what it started.
+        tokio::select! {
+            r = run(&args) => match r {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            },
+            _ = shutdown_signal() => {
+                eprintln!("interrupted: stopping what the bench started");
+                ExitCode::from(130)
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs every setup; true when every answer was right.
+async fn run(args: &Args) -> Result<bool> {
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench binary has no folder")?
+            .to_path_buf(),
+    };
+    let executor = find_bin(&bin_dir, "zeroflow-test-executor")?;
+    let jc = find_bin(&bin_dir, "jc")?;
+    let jina = if args.skip_jina {
+        None
+    } else {
+        Some(find_jina(args.jina.as_deref())?)
+    };
+    let cfg = LoadConfig {
+        concurrency: args.concurrency,
+        channels: args
+            .channels
+            .unwrap_or(args.concurrency.div_ceil(4))
+            .clamp(1, args.concurrency),
+        warmup: args.warmup,
+        requests: args.requests,
+    };
+    let tmp = TempDir::new()?;
+    eprintln!(
+        "zeroflow-bench: scenario warm, concurrency {}, {} HTTP/2 connections, {} requests \
+         (+{} warm-up) per setup; binaries from {}",
+        cfg.concurrency,
+        cfg.channels,
+        cfg.requests,
+        cfg.warmup,
+        bin_dir.display()
+    );
+
+    let mut rows = vec![];
+    // One setup at a time, each stopped before the next starts, so they never share the CPUs.
+    rows.push(Row {
+        label: "direct: client → executor",
+        result: direct(&executor, tmp.path(), &cfg).await?,
+    });
+    let (gateway, shim) = zeroflow(&jc, tmp.path(), &cfg).await?;
+    rows.push(Row {
+        label: "Zeroflow: `jc` gateway → shim → executor",
+        result: gateway,
+    });
+    if let Some(shim) = shim {
+        rows.push(Row {
+            label: "Zeroflow shim only: shim → executor",
+            result: shim,
+        });
+    }
+    if let Some(jina) = &jina {
+        rows.push(Row {
+            label: "Jina: `jina gateway` (Python) → executor",
+            result: jina_gateway(jina, &executor, tmp.path(), &cfg).await?,
+        });
+    }
+
+    let report = report(&rows, &cfg);
+    println!("{report}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &report).with_context(|| format!("write {}", path.display()))?;
+    }
+    let mut all_ok = true;
+    for r in &rows {
+        if r.result.errors > 0 {
+            all_ok = false;
+            eprintln!(
+                "error: {}: {} wrong answers; first: {}",
+                r.label,
+                r.result.errors,
+                r.result.first_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(all_ok)
+}
+
+fn find_bin(dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    if !p.is_file() {
+        bail!(
+            "{} is missing: build with `cargo build --release --workspace --bins` or pass --bin-dir",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn find_jina(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/jina");
+    if venv.is_file() {
+        return Ok(venv);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("jina"))
+        .find(|p| p.is_file());
+    on_path.context(
+        "no `jina` found (neither .venv/bin/jina nor on PATH): run scripts/setup-python.sh, pass \
+         --jina, or --skip-jina",
+    )
+}
+
+fn start_executor(executor: &Path, dir: &Path, name: &str) -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let mut cmd = Command::new(executor);
+    cmd.args(["--port", &port.to_string(), "--name", "exec"]);
+    let p = Proc::spawn(
+        name,
+        cmd,
+        dir.join(format!("{name}.log")),
+        Stop::TerminateGroup,
+        false,
+    )?;
+    Ok((p, port))
+}
+
+/// (a) The load generator straight to the Executor.
+async fn direct(executor: &Path, dir: &Path, cfg: &LoadConfig) -> Result<LoadResult> {
+    eprintln!("(a) direct: starting zeroflow-test-executor");
+    let (mut exec, port) = start_executor(executor, dir, "executor-direct")?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_serving(&url, &mut exec, Duration::from_secs(30)).await?;
+    let pid = exec.pid();
+    let r = load::run(&url, cfg, &|| procs::proc_cpu(pid)).await?;
+    eprintln!("    {:.0} req/s", r.rps());
+    Ok(r)
+}
+
+/// (b) `jc flow serve` of a one-Executor Flow: the gateway, and (as a breakdown) its shim alone.
+async fn zeroflow(
+    jc: &Path,
+    dir: &Path,
+    cfg: &LoadConfig,
+) -> Result<(LoadResult, Option<LoadResult>)> {
+    eprintln!("(b) Zeroflow: starting `jc flow serve`");
+    let flow = dir.join("flow.yml");
+    std::fs::write(
+        &flow,
+        "jtype: Flow\nversion: '1'\nexecutors:\n  - name: exec\n    command: zeroflow-test-executor\n",
+    )?;
+    let port = free_port()?;
+    let mut cmd = Command::new(jc);
+    cmd.args(["flow", "serve"])
+        .arg(&flow)
+        .args(["--port", &port.to_string()]);
+    let mut jc = Proc::spawn(
+        "jc flow serve",
+        cmd,
+        dir.join("jc.log"),
+        Stop::InterruptLeader,
+        true,
+    )?;
+    let mut lines = line_channel(jc.take_stdout().context("jc stdout")?);
+    let mut printed = vec![];
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, lines.recv()).await {
+            Ok(Some(l)) => {
+                let done = l.starts_with("Press Ctrl-C");
+                printed.push(l);
+                if done {
+                    break;
+                }
+            }
+            Ok(None) | Err(_) => {
+                jc.check_running()?;
+                bail!(
+                    "jc flow serve did not print its endpoints within 120 s; stdout:\n{}\nlog:\n{}",
+                    printed.join("\n"),
+                    jc.log_tail()
+                );
+            }
+        }
+    }
+    let gateway = printed
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| w.strip_prefix("grpc://"))
+        .map(|a| format!("http://{a}"))
+        .with_context(|| format!("no grpc:// endpoint in jc's output:\n{}", printed.join("\n")))?;
+    // `  replica    ID    pid PID    ADDR`: the shim's own gRPC address.
+    let shim = printed
+        .iter()
+        .filter(|l| l.trim_start().starts_with("replica"))
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|a| format!("http://{}", a.trim_start_matches("grpc://")))
+        .next();
+    wait_serving(&gateway, &mut jc, Duration::from_secs(30)).await?;
+    let pid = jc.pid();
+    // jc's tree: the gateway (jc itself), the shim and the Executor.
+    let cpu = || procs::Proc::tree_cpu_of(pid);
+    let r = load::run(&gateway, cfg, &cpu).await?;
+    eprintln!("    gateway {:.0} req/s", r.rps());
+    let shim_result = match shim {
+        Some(url) => {
+            let s = load::run(&url, cfg, &cpu).await?;
+            eprintln!("    shim only {:.0} req/s", s.rps());
+            Some(s)
+        }
+        None => {
+            eprintln!("    (no replica address in jc's output: skipping the shim-only breakdown)");
+            None
+        }
+    };
+    Ok((r, shim_result))
+}
+
+/// (c) Jina's Python gateway in front of a separately started Rust Executor.
+async fn jina_gateway(
+    jina: &Path,
+    executor: &Path,
+    dir: &Path,
+    cfg: &LoadConfig,
+) -> Result<LoadResult> {
+    eprintln!("(c) Jina: starting zeroflow-test-executor and `jina gateway`");
+    let (mut exec, exec_port) = start_executor(executor, dir, "executor-jina")?;
+    wait_serving(
+        &format!("http://127.0.0.1:{exec_port}"),
+        &mut exec,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let port = free_port()?;
+    let mut cmd = Command::new(jina);
+    cmd.args(["gateway", "--port", &port.to_string()])
+        .args([
+            "--graph-description",
+            r#"{"exec": ["end-gateway"], "start-gateway": ["exec"]}"#,
+        ])
+        .args([
+            "--deployments-addresses",
+            &format!(r#"{{"exec": ["127.0.0.1:{exec_port}"]}}"#),
+        ])
+        .env("JINA_OPTOUT_TELEMETRY", "1");
+    // Declared after `exec`, so it is dropped (stopped) first.
+    let mut gw = Proc::spawn(
+        "jina gateway",
+        cmd,
+        dir.join("jina-gateway.log"),
+        Stop::TerminateGroup,
+        false,
+    )?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_serving(&url, &mut gw, Duration::from_secs(180)).await?;
+    let (gw_pid, exec_pid) = (gw.pid(), exec.pid());
+    let cpu = || procs::Proc::tree_cpu_of(gw_pid) + procs::proc_cpu(exec_pid);
+    let r = load::run(&url, cfg, &cpu).await?;
+    eprintln!("    {:.0} req/s", r.rps());
+    Ok(r)
+}
+
+/// Polls gRPC health (service "") until SERVING, failing early if the process exits.
+async fn wait_serving(url: &str, proc: &mut Proc, deadline: Duration) -> Result<()> {
+    let end = Instant::now() + deadline;
+    let mut backoff = Duration::from_millis(10);
+    let mut last = String::new();
+    loop {
+        proc.check_running()?;
+        match health(url).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "NOT_SERVING".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= end {
+            bail!(
+                "{} at {url} not SERVING after {deadline:?} (last: {last}); its log:\n{}",
+                proc.name,
+                proc.log_tail()
+            );
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(250));
+    }
+}
+
+async fn health(url: &str) -> Result<bool> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let resp = HealthClient::new(ch)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    Ok(resp.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// The markdown table and the ratios against the targets.
+fn report(rows: &[Row], cfg: &LoadConfig) -> String {
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\nWarm scenario: {} requests per setup after {} warm-up, concurrency {}, {} HTTP/2 \
+         connections, unary `process_single_data` with one small document; {cores} cores, load \
+         average before the report {}.\n",
+        cfg.requests,
+        cfg.warmup,
+        cfg.concurrency,
+        cfg.channels,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let header = [
+        "setup",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "server CPU µs/req",
+        "client CPU µs/req",
+        "errors",
+    ];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for r in rows {
+        let x = &r.result;
+        table.push(vec![
+            r.label.to_string(),
+            format!("{:.0}", x.rps()),
+            format!("{:.3}", x.quantile_us(0.50) / 1000.0),
+            format!("{:.3}", x.quantile_us(0.90) / 1000.0),
+            format!("{:.3}", x.quantile_us(0.99) / 1000.0),
+            format!("{:.0}", LoadResult::cpu_per_req_us(x.server_cpu, x.ok)),
+            format!("{:.0}", LoadResult::cpu_per_req_us(x.client_cpu, x.ok)),
+            x.errors.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (i, r) in table.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                let pad = widths[c] - s.chars().count();
+                if c == 0 {
+                    format!("{s}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{s}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+        if i == 0 {
+            let rule: Vec<String> = widths
+                .iter()
+                .enumerate()
+                .map(|(c, w)| {
+                    if c == 0 {
+                        "-".repeat(*w)
+                    } else {
+                        format!("{}:", "-".repeat(w - 1))
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "|-{}-|", rule.join("-|-"));
+        }
+    }
+
+    let find = |prefix: &str| rows.iter().find(|r| r.label.starts_with(prefix));
+    let (direct, zf, shim, jina) = (
+        find("direct"),
+        find("Zeroflow:"),
+        find("Zeroflow shim"),
+        find("Jina"),
+    );
+    let _ = writeln!(out);
+    if let (Some(d), Some(z)) = (direct, zf) {
+        let added = (z.result.quantile_us(0.5) - d.result.quantile_us(0.5)) / 1000.0;
+        let _ = writeln!(
+            out,
+            "- Zeroflow added p50 over direct: **{added:.3} ms** (target ≤ {TARGET_ADDED_P50_MS} \
+             ms: {})",
+            verdict(added <= TARGET_ADDED_P50_MS)
+        );
+        if let Some(s) = shim {
+            let by_shim = (s.result.quantile_us(0.5) - d.result.quantile_us(0.5)) / 1000.0;
+            let _ = writeln!(
+                out,
+                "  - of which the shim hop: {by_shim:.3} ms, the gateway hop: {:.3} ms",
+                added - by_shim
+            );
+        }
+        let _ = writeln!(
+            out,
+            "- Zeroflow throughput / direct: {:.2}x",
+            z.result.rps() / d.result.rps()
+        );
+    }
+    if let (Some(z), Some(j)) = (zf, jina) {
+        let speedup = z.result.rps() / j.result.rps();
+        let _ = writeln!(
+            out,
+            "- Zeroflow throughput / Jina gateway throughput: **{speedup:.1}x** (target ≥ \
+             {TARGET_SPEEDUP}x: {})",
+            verdict(speedup >= TARGET_SPEEDUP)
+        );
+        let _ = writeln!(
+            out,
+            "- Jina gateway p50 / Zeroflow p50: {:.1}x",
+            j.result.quantile_us(0.5) / z.result.quantile_us(0.5)
+        );
+    }
+    out
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
