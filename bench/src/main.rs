@@ -388,14 +388,13 @@ async fn jina_gateway(
 async fn wait_serving(url: &str, proc: &mut Proc, deadline: Duration) -> Result<()> {
     let end = Instant::now() + deadline;
     let mut backoff = Duration::from_millis(10);
-    let mut last = String::new();
     loop {
         proc.check_running()?;
-        match health(url).await {
+        let last = match health(url).await {
             Ok(true) => return Ok(()),
-            Ok(false) => last = "NOT_SERVING".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Ok(false) => "NOT_SERVING".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
         if Instant::now() >= end {
             bail!(
                 "{} at {url} not SERVING after {deadline:?} (last: {last}); its log:\n{}",

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroflow_gateway::Gateway;
-use zeroflow_platform::local::{LocalFlow, LocalOptions};
+use zeroflow_platform::local::{LocalOptions, LocalRuntime};
 use zeroflow_spec::{Protocol, Source};
 
 /// Exit codes, as sysexits: bad input 65, cannot start 69, internal 70.
@@ -132,27 +132,53 @@ pub async fn serve(args: ServeArgs) -> i32 {
         }
     }
 
-    eprintln!(
-        "Starting {} Executor(s) of {}...",
-        flow.executors.len(),
-        args.path.display()
-    );
-    let local = match LocalFlow::start(&flow, &opts).await {
-        Ok(l) => l,
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = zeroflow_activator::ActivatorMetrics::new(&mut registry);
+    let runtime = match LocalRuntime::new(&flow, opts.clone(), throttle_settings, Some(metrics)) {
+        Ok(r) => Arc::new(r),
         Err(e) => {
             eprintln!("error: {e}");
             return EX_UNAVAILABLE;
         }
     };
-    let gateway = match Gateway::new(&flow, local.shards.clone()) {
+    let gateway = match Gateway::new(&flow, runtime.shards()) {
         Ok(g) => Arc::new(g),
         Err(e) => {
             eprintln!("error: {e}");
-            local.stop(opts.drain_timeout).await;
             return EX_DATAERR;
         }
     };
+    let registry = Arc::new(parking_lot::Mutex::new(registry));
+    // Every scaling event is printed as it happens.
+    let mut events = runtime.subscribe();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.recv().await {
+            println!("[{}] {ev}", clock());
+        }
+    });
+    let initial = |e: &zeroflow_spec::Executor| {
+        if e.jcloud.autoscale_set { e.jcloud.autoscale.min } else { e.replicas }
+    };
+    let at_zero: Vec<&str> = flow
+        .executors
+        .iter()
+        .filter(|e| initial(e) == 0)
+        .map(|e| e.name.as_str())
+        .collect();
+    eprintln!(
+        "Starting {} Executor(s) of {}{}...",
+        flow.executors.len(),
+        args.path.display(),
+        if at_zero.is_empty() { String::new() } else { format!(" ({} at zero until the first request)", at_zero.join(", ")) }
+    );
+    runtime.start(initial);
+    if let Err(e) = runtime.wait_settled(opts.startup_timeout).await {
+        eprintln!("error: {e}");
+        runtime.shutdown(opts.drain_timeout + Duration::from_secs(15)).await;
+        return EX_UNAVAILABLE;
+    }
     gateway.discover_endpoints().await;
+    let autoscaling = zeroflow_platform::scaling::start(&flow, runtime.clone(), &mut registry.lock());
 
     if let Some(port) = args.metrics_port {
         let gw = gateway.clone();
@@ -160,7 +186,12 @@ pub async fn serve(args: ServeArgs) -> i32 {
             "/metrics",
             axum::routing::get(move || {
                 let gw = gw.clone();
-                async move { gw.metrics_text() }
+                let registry = registry.clone();
+                async move {
+                    let mut out = gw.metrics_text();
+                    let _ = prometheus_client::encoding::text::encode(&mut out, &registry.lock());
+                    out
+                }
             }),
         );
         match tokio::net::TcpListener::bind((args.host.as_str(), port)).await {
@@ -185,20 +216,20 @@ pub async fn serve(args: ServeArgs) -> i32 {
             );
         }
     }
-    for r in &local.replicas {
+    for e in &flow.executors {
         println!(
-            "  replica    {:<20} pid {:<8} {}",
-            r.id,
-            r.pid().unwrap_or(0),
-            r.grpc_addr
+            "  executor   {:<20} {} replica(s) ready",
+            e.name,
+            runtime.ready_replicas(&e.name)
         );
     }
     println!("Press Ctrl-C to stop.");
 
     let served = zeroflow_gateway::serve(gateway, listeners, shutdown_signal()).await;
     eprintln!("Stopping: draining replicas...");
-    local
-        .stop(opts.drain_timeout + Duration::from_secs(15))
+    drop(autoscaling);
+    runtime
+        .shutdown(opts.drain_timeout + Duration::from_secs(15))
         .await;
     let _ = std::fs::remove_dir_all(&work_dir);
     match served {
@@ -211,6 +242,22 @@ pub async fn serve(args: ServeArgs) -> i32 {
             70
         }
     }
+}
+
+fn throttle_settings(e: &zeroflow_spec::Executor) -> zeroflow_activator::ThrottleSettings {
+    zeroflow_activator::ThrottleSettings {
+        request_timeout: e.jcloud.autoscale.revision_timeout,
+        ..Default::default()
+    }
+}
+
+/// Wall-clock time of day for event lines (UTC, HH:MM:SS.mmm).
+fn clock() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = now.as_millis() % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
 }
 
 async fn shutdown_signal() {

@@ -3,3 +3,4 @@
 //! issue, the control plane. It does not duplicate the gateway or the autoscaler.
 
 pub mod local;
+pub mod scaling;

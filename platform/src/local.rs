@@ -350,80 +350,446 @@ pub async fn start_replica(
     })
 }
 
-/// A Flow's replicas on this machine with a fixed replica count.
-pub struct LocalFlow {
-    pub replicas: Vec<ReplicaProcess>,
-    /// Per Executor, one replica set per shard, for the gateway.
-    pub shards: HashMap<String, Vec<Arc<ReplicaSet>>>,
+/// What the local runtime reports as it works, for `jc` to print and tests to wait on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeEvent {
+    Scaling { executor: String, from: u32, to: u32 },
+    ReplicaStarting { executor: String, replica: String },
+    ReplicaReady { executor: String, replica: String, startup_ms: u64 },
+    ReplicaStopped { executor: String, replica: String },
+    ReplicaCrashed { executor: String, replica: String, output: String },
+    ExecutorFailed { executor: String, why: String },
 }
 
-impl LocalFlow {
-    /// Starts `replicas x shards` shims per Executor, all at once, and waits until each serves.
-    /// If any fails, the ones started are stopped and the first error is returned.
-    pub async fn start(flow: &Flow, opts: &LocalOptions) -> Result<LocalFlow, RuntimeError> {
-        let mut jobs = vec![];
+impl std::fmt::Display for RuntimeEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuntimeEvent::Scaling { executor, from, to } => {
+                write!(f, "{executor}: scaling {from} -> {to} replica(s)")
+            }
+            RuntimeEvent::ReplicaStarting { executor, replica } => {
+                write!(f, "{executor}: starting replica {replica}")
+            }
+            RuntimeEvent::ReplicaReady { executor, replica, startup_ms } => {
+                write!(f, "{executor}: replica {replica} ready in {startup_ms} ms")
+            }
+            RuntimeEvent::ReplicaStopped { executor, replica } => {
+                write!(f, "{executor}: replica {replica} stopped")
+            }
+            RuntimeEvent::ReplicaCrashed { executor, replica, output } => {
+                let last = output.lines().last().unwrap_or("");
+                write!(f, "{executor}: replica {replica} crashed: {last}")
+            }
+            RuntimeEvent::ExecutorFailed { executor, why } => {
+                write!(f, "{executor}: FAILED: {why}")
+            }
+        }
+    }
+}
+
+/// A replica the runtime tracks: starting, ready, or stopping.
+struct Slot {
+    id: String,
+    shard: u32,
+    admin: Option<String>,
+    ready: bool,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Debug)]
+enum ReplicaEnd {
+    Stopped,
+    StartFailed(String),
+    Crashed { output: String, ran: Duration },
+}
+
+/// Consecutive failures after which an Executor is marked failed instead of retried.
+const MAX_FAILURES: u32 = 5;
+
+struct ExecRuntime {
+    exec: Executor,
+    sets: Vec<Arc<ReplicaSet>>,
+    desired: tokio::sync::watch::Sender<u32>,
+    slots: Mutex<Vec<Slot>>,
+    next_id: std::sync::atomic::AtomicU64,
+    failed: Mutex<Option<String>>,
+}
+
+/// Runs a Flow's Executors as shim processes and scales each to the replica count it is told.
+pub struct LocalRuntime {
+    opts: Arc<LocalOptions>,
+    execs: Vec<Arc<ExecRuntime>>,
+    events: tokio::sync::broadcast::Sender<RuntimeEvent>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl LocalRuntime {
+    /// Checks that every Executor can run here, and builds the replica sets the gateway uses.
+    /// Nothing starts until [`LocalRuntime::start`].
+    pub fn new(
+        flow: &Flow,
+        opts: LocalOptions,
+        settings: impl Fn(&Executor) -> zeroflow_activator::ThrottleSettings,
+        metrics: Option<zeroflow_activator::ActivatorMetrics>,
+    ) -> Result<Self, RuntimeError> {
+        let mut execs = vec![];
         for exec in &flow.executors {
-            for shard in 0..exec.shards {
-                for r in 0..exec.replicas {
-                    let id = if exec.shards > 1 {
-                        format!("{}-{shard}-{r}", exec.name)
-                    } else {
-                        format!("{}-{r}", exec.name)
-                    };
-                    jobs.push(async move {
-                        (
-                            exec.name.clone(),
-                            shard,
-                            start_replica(exec, &id, opts).await,
-                        )
-                    });
+            executor_command(exec, &opts)?;
+            let sets = (0..exec.shards)
+                .map(|_| {
+                    let mut rs = ReplicaSet::new(&exec.name, exec.retries).with_settings(settings(exec));
+                    if let Some(m) = &metrics {
+                        rs = rs.with_metrics(m.clone());
+                    }
+                    Arc::new(rs)
+                })
+                .collect();
+            let (desired, _) = tokio::sync::watch::channel(0);
+            execs.push(Arc::new(ExecRuntime {
+                exec: exec.clone(),
+                sets,
+                desired,
+                slots: Mutex::new(vec![]),
+                next_id: std::sync::atomic::AtomicU64::new(0),
+                failed: Mutex::new(None),
+            }));
+        }
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        Ok(LocalRuntime {
+            opts: Arc::new(opts),
+            execs,
+            events,
+            tasks: Mutex::new(vec![]),
+        })
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Per Executor, one replica set per shard, for the gateway.
+    pub fn shards(&self) -> HashMap<String, Vec<Arc<ReplicaSet>>> {
+        self.execs
+            .iter()
+            .map(|e| (e.exec.name.clone(), e.sets.clone()))
+            .collect()
+    }
+
+    fn find(&self, executor: &str) -> Option<&Arc<ExecRuntime>> {
+        self.execs.iter().find(|e| e.exec.name == executor)
+    }
+
+    /// Starts the reconcile loop of every Executor with its initial replica count.
+    pub fn start(&self, initial: impl Fn(&Executor) -> u32) {
+        for e in &self.execs {
+            e.desired.send_replace(initial(&e.exec));
+            let task = tokio::spawn(reconcile_loop(e.clone(), self.opts.clone(), self.events.clone()));
+            self.tasks.lock().push(task);
+        }
+    }
+
+    /// Sets the replica count (per shard) of one Executor.
+    pub fn scale(&self, executor: &str, desired: u32) {
+        if let Some(e) = self.find(executor) {
+            let from = *e.desired.borrow();
+            if from != desired {
+                e.desired.send_replace(desired);
+                let _ = self.events.send(RuntimeEvent::Scaling {
+                    executor: executor.into(),
+                    from,
+                    to: desired,
+                });
+            }
+        }
+    }
+
+    pub fn desired(&self, executor: &str) -> u32 {
+        self.find(executor).map_or(0, |e| *e.desired.borrow())
+    }
+
+    /// Replicas serving now (of the first shard; shards scale together).
+    pub fn ready_replicas(&self, executor: &str) -> u32 {
+        self.find(executor).map_or(0, |e| {
+            e.slots.lock().iter().filter(|s| s.ready && s.shard == 0).count() as u32
+        })
+    }
+
+    /// Every replica process's pid is a child of this process; for tests and status.
+    pub fn replica_count(&self, executor: &str) -> usize {
+        self.find(executor).map_or(0, |e| e.slots.lock().len())
+    }
+
+    pub fn failure(&self, executor: &str) -> Option<String> {
+        self.find(executor).and_then(|e| e.failed.lock().clone())
+    }
+
+    /// Admin addresses (`/stats`) of the ready replicas, by Executor.
+    pub fn stats_targets(&self) -> Vec<(String, String)> {
+        let mut out = vec![];
+        for e in &self.execs {
+            for s in e.slots.lock().iter() {
+                if let (true, Some(a)) = (s.ready, &s.admin) {
+                    out.push((e.exec.name.clone(), a.clone()));
                 }
             }
         }
-        let results = futures::future::join_all(jobs).await;
-        let mut replicas = vec![];
-        let mut first_err = None;
-        let mut placed: Vec<(String, u32, usize)> = vec![];
-        for (name, shard, r) in results {
-            match r {
-                Ok(p) => {
-                    placed.push((name, shard, replicas.len()));
-                    replicas.push(p);
+        out
+    }
+
+    /// Waits until each Executor has its desired replicas ready, or one failed.
+    pub async fn wait_settled(&self, timeout: Duration) -> Result<(), String> {
+        let mut events = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.execs.iter().find_map(|e| {
+                e.failed.lock().clone().map(|w| format!("Executor {}: {w}", e.exec.name))
+            }) {
+                return Err(e);
+            }
+            let settled = self.execs.iter().all(|e| {
+                let want = *e.desired.borrow() as usize * e.sets.len();
+                let slots = e.slots.lock();
+                slots.iter().filter(|s| s.ready).count() == want && slots.len() == want
+            });
+            if settled {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = events.recv() => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(format!("replicas were not ready within {timeout:?}")),
+            }
+        }
+    }
+
+    /// Scales everything to zero and waits for every replica to drain and exit.
+    pub async fn shutdown(&self, timeout: Duration) {
+        for e in &self.execs {
+            e.desired.send_replace(0);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = self.subscribe();
+        while self.execs.iter().any(|e| !e.slots.lock().is_empty()) {
+            tokio::select! {
+                _ = events.recv() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("replicas still running after {timeout:?}; they are killed with jc");
+                    break;
                 }
-                Err(e) => {
-                    if first_err.is_none() {
-                        first_err = Some(e);
+            }
+        }
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn reconcile_loop(
+    rt: Arc<ExecRuntime>,
+    opts: Arc<LocalOptions>,
+    events: tokio::sync::broadcast::Sender<RuntimeEvent>,
+) {
+    let mut desired_rx = rt.desired.subscribe();
+    let (end_tx, mut end_rx) = tokio::sync::mpsc::unbounded_channel::<(String, ReplicaEnd)>();
+    let mut failures: u32 = 0;
+    let mut hold_until: Option<tokio::time::Instant> = None;
+    loop {
+        let desired = *desired_rx.borrow_and_update();
+        let failed = rt.failed.lock().is_some();
+        let holding = hold_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        {
+            let mut slots = rt.slots.lock();
+            for shard in 0..rt.exec.shards {
+                let active: Vec<usize> = slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.shard == shard && s.stop.is_some())
+                    .map(|(i, _)| i)
+                    .collect();
+                let have = active.len() as u32;
+                if have < desired && !failed && !holding {
+                    for _ in have..desired {
+                        let n = rt.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let id = if rt.exec.shards > 1 {
+                            format!("{}-{shard}-{n}", rt.exec.name)
+                        } else {
+                            format!("{}-{n}", rt.exec.name)
+                        };
+                        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+                        slots.push(Slot {
+                            id: id.clone(),
+                            shard,
+                            admin: None,
+                            ready: false,
+                            stop: Some(stop_tx),
+                        });
+                        let _ = events.send(RuntimeEvent::ReplicaStarting {
+                            executor: rt.exec.name.clone(),
+                            replica: id.clone(),
+                        });
+                        tokio::spawn(run_replica(
+                            rt.clone(),
+                            opts.clone(),
+                            id,
+                            shard,
+                            stop_rx,
+                            end_tx.clone(),
+                            events.clone(),
+                        ));
+                    }
+                } else if have > desired {
+                    // Stop the ones still starting first, then the newest ready ones: the
+                    // oldest replicas have warm caches.
+                    let mut order = active.clone();
+                    order.sort_by_key(|&i| (slots[i].ready, std::cmp::Reverse(i)));
+                    for &i in order.iter().take((have - desired) as usize) {
+                        if let Some(tx) = slots[i].stop.take() {
+                            // Out of rotation first, so no new request goes to a draining replica.
+                            rt.sets[shard as usize].remove_replica(&slots[i].id);
+                            let _ = tx.send(());
+                        }
                     }
                 }
             }
         }
-        if let Some(e) = first_err {
-            for p in replicas {
-                p.stop(opts.drain_timeout).await;
+        let wake_at = hold_until.filter(|t| tokio::time::Instant::now() < *t);
+        tokio::select! {
+            r = desired_rx.changed() => { if r.is_err() { return; } }
+            Some((id, end)) = end_rx.recv() => {
+                let was_stopping = {
+                    let mut slots = rt.slots.lock();
+                    let pos = slots.iter().position(|s| s.id == id);
+                    pos.map(|p| slots.remove(p).stop.is_none()).unwrap_or(true)
+                };
+                match end {
+                    ReplicaEnd::Stopped => {
+                        let _ = events.send(RuntimeEvent::ReplicaStopped { executor: rt.exec.name.clone(), replica: id });
+                    }
+                    ReplicaEnd::Crashed { output, ran } if !was_stopping || ran < Duration::from_secs(1) => {
+                        if ran > Duration::from_secs(30) { failures = 0; }
+                        failures += 1;
+                        let _ = events.send(RuntimeEvent::ReplicaCrashed { executor: rt.exec.name.clone(), replica: id, output: output.clone() });
+                        note_failure(&rt, &events, failures, output, &mut hold_until);
+                    }
+                    ReplicaEnd::Crashed { .. } => {
+                        let _ = events.send(RuntimeEvent::ReplicaStopped { executor: rt.exec.name.clone(), replica: id });
+                    }
+                    ReplicaEnd::StartFailed(output) => {
+                        failures += 1;
+                        let _ = events.send(RuntimeEvent::ReplicaCrashed { executor: rt.exec.name.clone(), replica: id, output: output.clone() });
+                        note_failure(&rt, &events, failures, output, &mut hold_until);
+                    }
+                }
             }
-            return Err(e);
+            _ = async { match wake_at { Some(t) => tokio::time::sleep_until(t).await, None => futures::future::pending().await } } => {}
         }
-        let mut shards = HashMap::new();
-        for exec in &flow.executors {
-            let sets: Vec<Arc<ReplicaSet>> = (0..exec.shards)
-                .map(|s| {
-                    let rs = ReplicaSet::new(&exec.name, exec.retries);
-                    let members = placed
-                        .iter()
-                        .filter(|(n, sh, _)| *n == exec.name && *sh == s)
-                        .map(|(_, _, i)| (replicas[*i].id.clone(), replicas[*i].grpc_addr.clone()))
-                        .collect();
-                    rs.set_replicas(members).expect("shim addresses are valid");
-                    Arc::new(rs)
-                })
-                .collect();
-            shards.insert(exec.name.clone(), sets);
-        }
-        Ok(LocalFlow { replicas, shards })
     }
+}
 
-    /// Drains and stops every replica.
-    pub async fn stop(self, grace: Duration) {
-        futures::future::join_all(self.replicas.into_iter().map(|r| r.stop(grace))).await;
+fn note_failure(
+    rt: &ExecRuntime,
+    events: &tokio::sync::broadcast::Sender<RuntimeEvent>,
+    failures: u32,
+    output: String,
+    hold_until: &mut Option<tokio::time::Instant>,
+) {
+    if failures >= MAX_FAILURES {
+        let why = format!("its replicas failed {failures} times in a row. Last output:\n{output}");
+        *rt.failed.lock() = Some(why.clone());
+        for s in &rt.sets {
+            s.set_failure(Some(why.clone()));
+        }
+        let _ = events.send(RuntimeEvent::ExecutorFailed {
+            executor: rt.exec.name.clone(),
+            why,
+        });
+    } else {
+        // Back off before the replacement: 200 ms, 400 ms, 800 ms, ...
+        let wait = Duration::from_millis(100u64 << failures.min(8));
+        *hold_until = Some(tokio::time::Instant::now() + wait);
     }
+}
+
+async fn run_replica(
+    rt: Arc<ExecRuntime>,
+    opts: Arc<LocalOptions>,
+    id: String,
+    shard: u32,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    ended: tokio::sync::mpsc::UnboundedSender<(String, ReplicaEnd)>,
+    events: tokio::sync::broadcast::Sender<RuntimeEvent>,
+) {
+    let started = tokio::time::Instant::now();
+    let proc = tokio::select! {
+        p = start_replica(&rt.exec, &id, &opts) => p,
+        // Dropping the half-started process kills its shim (kill_on_drop); the Executor
+        // follows through its parent-death signal.
+        _ = &mut stop => { let _ = ended.send((id, ReplicaEnd::Stopped)); return; }
+    };
+    let mut proc = match proc {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ended.send((id, ReplicaEnd::StartFailed(e.to_string())));
+            return;
+        }
+    };
+    let set = &rt.sets[shard as usize];
+    if let Err(e) = set.add_replica(&id, &proc.grpc_addr) {
+        let _ = ended.send((id, ReplicaEnd::StartFailed(e.to_string())));
+        return;
+    }
+    if set.endpoints().is_none() {
+        // Learn the endpoints (for `/openapi.json` and routing) from the first replica that runs.
+        let set = set.clone();
+        tokio::spawn(async move {
+            if let Err(e) = set.discover().await {
+                tracing::debug!(executor = %set.executor(), error = %e.message(), "endpoint discovery failed");
+            }
+        });
+    }
+    {
+        let mut slots = rt.slots.lock();
+        if let Some(s) = slots.iter_mut().find(|s| s.id == id) {
+            s.ready = true;
+            s.admin = Some(proc.admin_addr.clone());
+        }
+    }
+    let ready_at = tokio::time::Instant::now();
+    let _ = events.send(RuntimeEvent::ReplicaReady {
+        executor: rt.exec.name.clone(),
+        replica: id.clone(),
+        startup_ms: ready_at.duration_since(started).as_millis() as u64,
+    });
+    let crashed = tokio::select! {
+        _ = proc.wait() => true,
+        _ = &mut stop => false,
+    };
+    set.remove_replica(&id);
+    if crashed {
+        let output = proc.output_tail();
+        let _ = ended.send((
+            id,
+            ReplicaEnd::Crashed {
+                output,
+                ran: ready_at.elapsed(),
+            },
+        ));
+    } else {
+        proc.stop(opts.drain_timeout + Duration::from_secs(15)).await;
+        let _ = ended.send((id, ReplicaEnd::Stopped));
+    }
+}
+
+/// Reads one replica's `/stats` (a tiny HTTP/1.0 GET: the shim's admin port is local).
+pub async fn fetch_stats(admin: &str) -> Option<zeroflow_activator::Stat> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+        s.write_all(b"GET /stats HTTP/1.0\r\nHost: shim\r\n\r\n").await.ok()?;
+        let mut buf = Vec::with_capacity(1024);
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let body = text.split("\r\n\r\n").nth(1)?;
+        serde_json::from_str(body).ok()
+    };
+    tokio::time::timeout(Duration::from_millis(800), fut).await.ok().flatten()
 }
