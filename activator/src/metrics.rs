@@ -38,10 +38,26 @@ impl ActivatorMetrics {
             cold_start: Family::new_with_constructor(cold_buckets as fn() -> Histogram),
         };
         let r = registry.sub_registry_with_prefix("zeroflow_activator");
-        r.register("ready_replicas", "Replicas taking requests", m.ready.clone());
-        r.register("requests_waiting", "Requests queued for a replica", m.waiting.clone());
-        r.register("requests_rejected", "Requests refused because the queue was full", m.rejected.clone());
-        r.register("cold_starts", "Starts from zero replicas that requests waited for", m.cold_starts.clone());
+        r.register(
+            "ready_replicas",
+            "Replicas taking requests",
+            m.ready.clone(),
+        );
+        r.register(
+            "requests_waiting",
+            "Requests queued for a replica",
+            m.waiting.clone(),
+        );
+        r.register(
+            "requests_rejected",
+            "Requests refused because the queue was full",
+            m.rejected.clone(),
+        );
+        r.register(
+            "cold_starts",
+            "Starts from zero replicas that requests waited for",
+            m.cold_starts.clone(),
+        );
         r.register(
             "cold_start_duration_seconds",
             "From the first request at zero replicas to the first ready replica",

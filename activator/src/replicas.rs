@@ -164,7 +164,9 @@ impl ReplicaSet {
 
     fn on_replicas_changed(&self, count: usize) {
         if let Some(m) = &self.metrics {
-            m.ready.get_or_create(&m.label(&self.executor)).set(count as i64);
+            m.ready
+                .get_or_create(&m.label(&self.executor))
+                .set(count as i64);
         }
         if count > 0
             && let Some(since) = self.cold_since.lock().take()
@@ -172,7 +174,9 @@ impl ReplicaSet {
             let secs = since.elapsed().as_secs_f64();
             tracing::info!(executor = %self.executor, cold_start_ms = (secs * 1000.0) as u64, "cold start done: a replica is ready");
             if let Some(m) = &self.metrics {
-                m.cold_start.get_or_create(&m.label(&self.executor)).observe(secs);
+                m.cold_start
+                    .get_or_create(&m.label(&self.executor))
+                    .observe(secs);
                 m.cold_starts.get_or_create(&m.label(&self.executor)).inc();
             }
         }
@@ -290,7 +294,11 @@ impl ReplicaSet {
                 .take(2)
                 .collect();
             match cands.as_slice() {
-                [a, b, ..] => Some(if b.in_flight() < a.in_flight() { *b } else { *a }),
+                [a, b, ..] => Some(if b.in_flight() < a.in_flight() {
+                    *b
+                } else {
+                    *a
+                }),
                 [a] => Some(*a),
                 [] => None,
             }
@@ -310,7 +318,12 @@ impl ReplicaSet {
                 let mut cur = r.in_flight.load(Ordering::Acquire);
                 let mut got = false;
                 while cur < cc {
-                    match r.in_flight.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                    match r.in_flight.compare_exchange_weak(
+                        cur,
+                        cur + 1,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
                         Ok(_) => {
                             got = true;
                             break;
@@ -345,7 +358,12 @@ impl ReplicaSet {
     }
 
     /// Waits for a replica with a free slot until `deadline`.
-    async fn acquire(&self, deadline: Instant, arrived: Instant, skip: &[String]) -> Result<Slot<'_>, Status> {
+    async fn acquire(
+        &self,
+        deadline: Instant,
+        arrived: Instant,
+        skip: &[String],
+    ) -> Result<Slot<'_>, Status> {
         let mut rx = self.changed.subscribe();
         let mut counted_waiting = false;
         let result = loop {
@@ -399,11 +417,13 @@ impl ReplicaSet {
 
     fn admit(&self) -> Result<Admitted<'_>, Status> {
         let s = self.settings.read();
-        let capacity = s.queue_depth.saturating_add(if s.container_concurrency == 0 {
-            usize::MAX / 2
-        } else {
-            s.container_concurrency * self.replica_count().max(1)
-        });
+        let capacity = s
+            .queue_depth
+            .saturating_add(if s.container_concurrency == 0 {
+                usize::MAX / 2
+            } else {
+                s.container_concurrency * self.replica_count().max(1)
+            });
         drop(s);
         let prev = self.pending.fetch_add(1, Ordering::AcqRel);
         if prev >= capacity {
@@ -444,7 +464,11 @@ impl ReplicaSet {
                         self.executor,
                         slot.replica.id,
                         limit.as_millis(),
-                        if opts.timeout == Some(limit) { " (timeout_send)" } else { " (revision_timeout)" }
+                        if opts.timeout == Some(limit) {
+                            " (timeout_send)"
+                        } else {
+                            " (revision_timeout)"
+                        }
                     )));
                 }
             };
@@ -497,7 +521,10 @@ impl ReplicaSet {
         }
         self.with_retries(opts, |ch| {
             let mut r = tonic::Request::new(req.clone());
-            r.metadata_mut().insert(PROXIED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+            r.metadata_mut().insert(
+                PROXIED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
             async move {
                 let mut c = JinaSingleDataRequestRpcClient::new(ch)
                     .max_decoding_message_size(zeroflow_proto::MAX_MESSAGE_SIZE)
@@ -519,7 +546,10 @@ impl ReplicaSet {
             let mut r = tonic::Request::new(DataRequestListProto {
                 requests: reqs.clone(),
             });
-            r.metadata_mut().insert(PROXIED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+            r.metadata_mut().insert(
+                PROXIED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
             async move {
                 let mut c = JinaDataRequestRpcClient::new(ch)
                     .max_decoding_message_size(zeroflow_proto::MAX_MESSAGE_SIZE)
@@ -575,7 +605,10 @@ mod tests {
             &self,
             req: tonic::Request<DataRequestProto>,
         ) -> Result<tonic::Response<DataRequestProto>, Status> {
-            assert!(req.metadata().contains_key(PROXIED_HEADER), "the activator marks its calls");
+            assert!(
+                req.metadata().contains_key(PROXIED_HEADER),
+                "the activator marks its calls"
+            );
             Ok(tonic::Response::new(req.into_inner()))
         }
     }
@@ -616,12 +649,20 @@ mod tests {
         let t0 = Instant::now();
         let rs2 = rs.clone();
         let call = tokio::spawn(async move { rs2.process(req("a"), CallOptions::default()).await });
-        assert_eq!(pokes.recv().await.as_deref(), Some("enc"), "the first cold request pokes");
+        assert_eq!(
+            pokes.recv().await.as_deref(),
+            Some("enc"),
+            "the first cold request pokes"
+        );
         assert_eq!(Instant::now(), t0, "the poke is immediate");
         assert_eq!(rs.waiting(), 1);
         let err = call.await.unwrap().unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
-        assert!(err.message().contains("Executor enc had no ready replica"), "{}", err.message());
+        assert!(
+            err.message().contains("Executor enc had no ready replica"),
+            "{}",
+            err.message()
+        );
         assert!(err.message().contains("30 s"), "{}", err.message());
         assert_eq!(Instant::now().duration_since(t0), Duration::from_secs(30));
         assert_eq!(rs.waiting(), 0);
@@ -639,11 +680,17 @@ mod tests {
         let mut waiting = vec![];
         for i in 0..3 {
             let rs = rs.clone();
-            waiting.push(tokio::spawn(async move { rs.process(req(&i.to_string()), CallOptions::default()).await }));
+            waiting.push(tokio::spawn(async move {
+                rs.process(req(&i.to_string()), CallOptions::default())
+                    .await
+            }));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(rs.waiting(), 3);
-        let err = rs.process(req("x"), CallOptions::default()).await.unwrap_err();
+        let err = rs
+            .process(req("x"), CallOptions::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.message().contains("queue full"), "{}", err.message());
         for w in waiting {
@@ -657,9 +704,16 @@ mod tests {
         let rs2 = rs.clone();
         let call = tokio::spawn(async move { rs2.process(req("a"), CallOptions::default()).await });
         tokio::time::sleep(Duration::from_millis(5)).await;
-        rs.set_failure(Some("it crashed 5 times: ImportError: no module named foo".into()));
+        rs.set_failure(Some(
+            "it crashed 5 times: ImportError: no module named foo".into(),
+        ));
         let err = call.await.unwrap().unwrap_err();
-        assert!(err.message().contains("Executor enc cannot serve: it crashed 5 times"), "{}", err.message());
+        assert!(
+            err.message()
+                .contains("Executor enc cannot serve: it crashed 5 times"),
+            "{}",
+            err.message()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -681,7 +735,10 @@ mod tests {
         let mut calls = vec![];
         for i in 0..20 {
             let rs = rs.clone();
-            calls.push(tokio::spawn(async move { rs.process(req(&format!("r{i}")), CallOptions::default()).await }));
+            calls.push(tokio::spawn(async move {
+                rs.process(req(&format!("r{i}")), CallOptions::default())
+                    .await
+            }));
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while rs.waiting() < 20 {
@@ -705,9 +762,12 @@ mod tests {
             l.local_addr().unwrap().to_string()
         };
         let live = echo_server().await;
-        rs.set_replicas(vec![("dead".into(), dead), ("live".into(), live)]).unwrap();
+        rs.set_replicas(vec![("dead".into(), dead), ("live".into(), live)])
+            .unwrap();
         for i in 0..6 {
-            let resp = rs.process(req(&i.to_string()), CallOptions::default()).await;
+            let resp = rs
+                .process(req(&i.to_string()), CallOptions::default())
+                .await;
             assert!(resp.is_ok(), "request {i}: {resp:?}");
         }
     }
@@ -718,7 +778,11 @@ mod tests {
             container_concurrency: 2,
             ..Default::default()
         });
-        rs.set_replicas(vec![("a".into(), "127.0.0.1:1".into()), ("b".into(), "127.0.0.1:2".into())]).unwrap();
+        rs.set_replicas(vec![
+            ("a".into(), "127.0.0.1:1".into()),
+            ("b".into(), "127.0.0.1:2".into()),
+        ])
+        .unwrap();
         let picks: Vec<_> = (0..4).map(|_| rs.pick(&[]).expect("slot")).collect();
         assert_eq!(picks.iter().filter(|r| r.id == "a").count(), 2);
         assert_eq!(picks.iter().filter(|r| r.id == "b").count(), 2);

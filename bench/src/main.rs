@@ -312,7 +312,12 @@ async fn zeroflow(
         .flat_map(|l| l.split_whitespace())
         .find_map(|w| w.strip_prefix("grpc://"))
         .map(|a| format!("http://{a}"))
-        .with_context(|| format!("no grpc:// endpoint in jc's output:\n{}", printed.join("\n")))?;
+        .with_context(|| {
+            format!(
+                "no grpc:// endpoint in jc's output:\n{}",
+                printed.join("\n")
+            )
+        })?;
     // `  replica    ID    pid PID    ADDR`: the shim's own gRPC address.
     let shim = printed
         .iter()
@@ -435,7 +440,10 @@ fn report(rows: &[Row], cfg: &LoadConfig) -> String {
         cfg.warmup,
         cfg.concurrency,
         cfg.channels,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let header = [
         "setup",
@@ -462,7 +470,13 @@ fn report(rows: &[Row], cfg: &LoadConfig) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for (i, r) in table.iter().enumerate() {
         let cells: Vec<String> = r
@@ -479,18 +493,19 @@ fn report(rows: &[Row], cfg: &LoadConfig) -> String {
             .collect();
         let _ = writeln!(out, "| {} |", cells.join(" | "));
         if i == 0 {
+            // `| cell |` spans width + 2 between the pipes; ':' on the right aligns numbers.
             let rule: Vec<String> = widths
                 .iter()
                 .enumerate()
                 .map(|(c, w)| {
                     if c == 0 {
-                        "-".repeat(*w)
+                        "-".repeat(w + 2)
                     } else {
-                        format!("{}:", "-".repeat(w - 1))
+                        format!("{}:", "-".repeat(w + 1))
                     }
                 })
                 .collect();
-            let _ = writeln!(out, "|-{}-|", rule.join("-|-"));
+            let _ = writeln!(out, "|{}|", rule.join("|"));
         }
     }
 

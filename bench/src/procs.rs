@@ -163,7 +163,9 @@ pub fn free_port() -> Result<u16> {
 
 /// Reads `stdout` lines on a thread and hands them over a channel, so the reader can apply a
 /// deadline and the child never blocks on a full pipe.
-pub fn line_channel(stdout: std::process::ChildStdout) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+pub fn line_channel(
+    stdout: std::process::ChildStdout,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

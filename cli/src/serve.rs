@@ -157,7 +157,11 @@ pub async fn serve(args: ServeArgs) -> i32 {
         }
     });
     let initial = |e: &zeroflow_spec::Executor| {
-        if e.jcloud.autoscale_set { e.jcloud.autoscale.min } else { e.replicas }
+        if e.jcloud.autoscale_set {
+            e.jcloud.autoscale.min
+        } else {
+            e.replicas
+        }
     };
     let at_zero: Vec<&str> = flow
         .executors
@@ -169,16 +173,23 @@ pub async fn serve(args: ServeArgs) -> i32 {
         "Starting {} Executor(s) of {}{}...",
         flow.executors.len(),
         args.path.display(),
-        if at_zero.is_empty() { String::new() } else { format!(" ({} at zero until the first request)", at_zero.join(", ")) }
+        if at_zero.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} at zero until the first request)", at_zero.join(", "))
+        }
     );
     runtime.start(initial);
     if let Err(e) = runtime.wait_settled(opts.startup_timeout).await {
         eprintln!("error: {e}");
-        runtime.shutdown(opts.drain_timeout + Duration::from_secs(15)).await;
+        runtime
+            .shutdown(opts.drain_timeout + Duration::from_secs(15))
+            .await;
         return EX_UNAVAILABLE;
     }
     gateway.discover_endpoints().await;
-    let autoscaling = zeroflow_platform::scaling::start(&flow, runtime.clone(), &mut registry.lock());
+    let autoscaling =
+        zeroflow_platform::scaling::start(&flow, runtime.clone(), &mut registry.lock());
 
     if let Some(port) = args.metrics_port {
         let gw = gateway.clone();
@@ -257,7 +268,13 @@ fn clock() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let ms = now.as_millis() % 86_400_000;
-    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 async fn shutdown_signal() {

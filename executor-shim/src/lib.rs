@@ -264,8 +264,12 @@ impl Shim {
         );
 
         let started = Instant::now();
-        let readiness =
-            wait_child_serving(&state.channel, Some(child_port), config.ready_poll, config.startup_timeout);
+        let readiness = wait_child_serving(
+            &state.channel,
+            Some(child_port),
+            config.ready_poll,
+            config.startup_timeout,
+        );
         tokio::pin!(shutdown);
         let exit = tokio::select! {
             ready = readiness => {
@@ -361,14 +365,21 @@ pub async fn wait_child_serving(
     // whole poll interval off every cold start; the health check confirms SERVING.
     if let Some(port) = child_port {
         let fast = Duration::from_millis(2);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             if Instant::now() >= deadline {
                 return false;
             }
             tokio::time::sleep(fast).await;
         }
     }
-    let poll = if child_port.is_some() { Duration::from_millis(2).max(poll / 10) } else { poll };
+    let poll = if child_port.is_some() {
+        Duration::from_millis(2).max(poll / 10)
+    } else {
+        poll
+    };
     loop {
         let check = tokio::time::timeout(
             Duration::from_millis(100).max(poll),

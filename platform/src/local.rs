@@ -353,12 +353,33 @@ pub async fn start_replica(
 /// What the local runtime reports as it works, for `jc` to print and tests to wait on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuntimeEvent {
-    Scaling { executor: String, from: u32, to: u32 },
-    ReplicaStarting { executor: String, replica: String },
-    ReplicaReady { executor: String, replica: String, startup_ms: u64 },
-    ReplicaStopped { executor: String, replica: String },
-    ReplicaCrashed { executor: String, replica: String, output: String },
-    ExecutorFailed { executor: String, why: String },
+    Scaling {
+        executor: String,
+        from: u32,
+        to: u32,
+    },
+    ReplicaStarting {
+        executor: String,
+        replica: String,
+    },
+    ReplicaReady {
+        executor: String,
+        replica: String,
+        startup_ms: u64,
+    },
+    ReplicaStopped {
+        executor: String,
+        replica: String,
+    },
+    ReplicaCrashed {
+        executor: String,
+        replica: String,
+        output: String,
+    },
+    ExecutorFailed {
+        executor: String,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for RuntimeEvent {
@@ -370,13 +391,21 @@ impl std::fmt::Display for RuntimeEvent {
             RuntimeEvent::ReplicaStarting { executor, replica } => {
                 write!(f, "{executor}: starting replica {replica}")
             }
-            RuntimeEvent::ReplicaReady { executor, replica, startup_ms } => {
+            RuntimeEvent::ReplicaReady {
+                executor,
+                replica,
+                startup_ms,
+            } => {
                 write!(f, "{executor}: replica {replica} ready in {startup_ms} ms")
             }
             RuntimeEvent::ReplicaStopped { executor, replica } => {
                 write!(f, "{executor}: replica {replica} stopped")
             }
-            RuntimeEvent::ReplicaCrashed { executor, replica, output } => {
+            RuntimeEvent::ReplicaCrashed {
+                executor,
+                replica,
+                output,
+            } => {
                 let last = output.lines().last().unwrap_or("");
                 write!(f, "{executor}: replica {replica} crashed: {last}")
             }
@@ -437,7 +466,8 @@ impl LocalRuntime {
             executor_command(exec, &opts)?;
             let sets = (0..exec.shards)
                 .map(|_| {
-                    let mut rs = ReplicaSet::new(&exec.name, exec.retries).with_settings(settings(exec));
+                    let mut rs =
+                        ReplicaSet::new(&exec.name, exec.retries).with_settings(settings(exec));
                     if let Some(m) = &metrics {
                         rs = rs.with_metrics(m.clone());
                     }
@@ -483,7 +513,11 @@ impl LocalRuntime {
     pub fn start(&self, initial: impl Fn(&Executor) -> u32) {
         for e in &self.execs {
             e.desired.send_replace(initial(&e.exec));
-            let task = tokio::spawn(reconcile_loop(e.clone(), self.opts.clone(), self.events.clone()));
+            let task = tokio::spawn(reconcile_loop(
+                e.clone(),
+                self.opts.clone(),
+                self.events.clone(),
+            ));
             self.tasks.lock().push(task);
         }
     }
@@ -510,7 +544,11 @@ impl LocalRuntime {
     /// Replicas serving now (of the first shard; shards scale together).
     pub fn ready_replicas(&self, executor: &str) -> u32 {
         self.find(executor).map_or(0, |e| {
-            e.slots.lock().iter().filter(|s| s.ready && s.shard == 0).count() as u32
+            e.slots
+                .lock()
+                .iter()
+                .filter(|s| s.ready && s.shard == 0)
+                .count() as u32
         })
     }
 
@@ -542,7 +580,10 @@ impl LocalRuntime {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(e) = self.execs.iter().find_map(|e| {
-                e.failed.lock().clone().map(|w| format!("Executor {}: {w}", e.exec.name))
+                e.failed
+                    .lock()
+                    .clone()
+                    .map(|w| format!("Executor {}: {w}", e.exec.name))
             }) {
                 return Err(e);
             }
@@ -608,7 +649,9 @@ async fn reconcile_loop(
                 let have = active.len() as u32;
                 if have < desired && !failed && !holding {
                     for _ in have..desired {
-                        let n = rt.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let n = rt
+                            .next_id
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let id = if rt.exec.shards > 1 {
                             format!("{}-{shard}-{n}", rt.exec.name)
                         } else {
@@ -774,7 +817,8 @@ async fn run_replica(
             },
         ));
     } else {
-        proc.stop(opts.drain_timeout + Duration::from_secs(15)).await;
+        proc.stop(opts.drain_timeout + Duration::from_secs(15))
+            .await;
         let _ = ended.send((id, ReplicaEnd::Stopped));
     }
 }
@@ -784,12 +828,17 @@ pub async fn fetch_stats(admin: &str) -> Option<zeroflow_activator::Stat> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-        s.write_all(b"GET /stats HTTP/1.0\r\nHost: shim\r\n\r\n").await.ok()?;
+        s.write_all(b"GET /stats HTTP/1.0\r\nHost: shim\r\n\r\n")
+            .await
+            .ok()?;
         let mut buf = Vec::with_capacity(1024);
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf);
         let body = text.split("\r\n\r\n").nth(1)?;
         serde_json::from_str(body).ok()
     };
-    tokio::time::timeout(Duration::from_millis(800), fut).await.ok().flatten()
+    tokio::time::timeout(Duration::from_millis(800), fut)
+        .await
+        .ok()
+        .flatten()
 }

@@ -98,7 +98,16 @@ def single(a):
     check(r[0].text == 'a' + a.suffix, f'post through the gateway: {r[0].text}')
 
 
-SCENARIOS = {f.__name__: f for f in [rust_flow_grpc, rust_flow_http, python_flow, single]}
+def echo_text(a):
+    """A Flow of one echoing Executor (the Rust test Executor): one post, timed."""
+    import time
+    c = Client(host=a.grpc)
+    t0 = time.monotonic()
+    r = c.post('/', inputs=DocList[TextDoc]([TextDoc(text='wake')]), return_type=DocList[TextDoc])
+    check(r[0].text == 'wake' + a.suffix, f'answered {r[0].text!r} in {time.monotonic() - t0:.3f} s')
+
+
+SCENARIOS = {f.__name__: f for f in [rust_flow_grpc, rust_flow_http, python_flow, single, echo_text]}
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()

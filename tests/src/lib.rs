@@ -123,68 +123,41 @@ pub struct Served {
     /// Lines printed so far (stdout), for diagnostics.
     pub lines: Vec<String>,
     pub dir: PathBuf,
+    /// Every stdout line so far, including the scaling events jc prints while it runs.
+    pub events: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Writes `yaml` as `dir/flow.yml` and serves it; returns once the endpoints are printed.
 pub fn serve_flow(dir: &Path, yaml: &str) -> Served {
-    std::fs::create_dir_all(dir).expect("flow dir");
-    std::fs::write(dir.join("flow.yml"), yaml).expect("write flow");
-    let mut child = Command::new(bin("jc"))
-        .args(["flow", "serve"])
-        .arg(dir.join("flow.yml"))
-        .env("PATH", path_with_venv())
-        .env("JINA_OPTOUT_TELEMETRY", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn jc");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("[jc] {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = vec![];
-    let end = Instant::now() + Duration::from_secs(240);
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                let done = l.starts_with("Press Ctrl-C");
-                lines.push(l);
-                if done {
-                    break;
-                }
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("jc flow serve did not print its endpoints; output: {lines:#?}");
-            }
-        }
-    }
-    // Keep draining stdout so jc never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    let find = |scheme: &str| {
-        lines.iter().find_map(|l| {
-            l.split_whitespace()
-                .find(|w| w.starts_with(scheme))
-                .map(str::to_string)
-        })
-    };
-    Served {
-        grpc: find("grpc://"),
-        http: find("http://"),
-        lines: lines.clone(),
-        child,
-        dir: dir.to_path_buf(),
-    }
+    serve_flow_with(dir, yaml, &[])
 }
 
 impl Served {
+    /// Replica shims running now.
+    pub fn replicas(&self) -> usize {
+        shim_pids(self.child.id()).len()
+    }
+
+    /// Waits until `n` replica processes run.
+    pub fn wait_replicas(
+        &self,
+        what: &str,
+        deadline: Duration,
+        ok: impl Fn(usize) -> bool,
+    ) -> usize {
+        wait_for(what, deadline, || {
+            let n = self.replicas();
+            ok(n).then_some(n)
+        })
+    }
+
+    pub fn printed(&self, needle: &str) -> bool {
+        self.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
     /// PIDs of every process jc started (shims and Executors).
     pub fn tree(&self) -> Vec<u32> {
         descendants(self.child.id())
@@ -254,4 +227,199 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
+}
+
+/// PIDs of the replica shims under `pid` (each wraps one Executor process).
+pub fn shim_pids(pid: u32) -> Vec<u32> {
+    descendants(pid)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("zeroflow-shim"))
+                .unwrap_or(false)
+                && pid_alive(*p)
+        })
+        .collect()
+}
+
+/// Serves a Flow with extra `jc flow serve` arguments.
+pub fn serve_flow_with(dir: &Path, yaml: &str, extra: &[&str]) -> Served {
+    std::fs::create_dir_all(dir).expect("flow dir");
+    std::fs::write(dir.join("flow.yml"), yaml).expect("write flow");
+    let mut cmd = Command::new(bin("jc"));
+    cmd.args(["flow", "serve"])
+        .arg(dir.join("flow.yml"))
+        .args(extra);
+    spawn_served(cmd, dir)
+}
+
+fn spawn_served(mut cmd: Command, dir: &Path) -> Served {
+    let mut child = cmd
+        .env("PATH", path_with_venv())
+        .env("JINA_OPTOUT_TELEMETRY", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn jc");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let ev = events.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("[jc] {line}");
+            ev.lock().expect("lock").push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = vec![];
+    let end = Instant::now() + Duration::from_secs(240);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let done = l.starts_with("Press Ctrl-C");
+                lines.push(l);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("jc flow serve did not print its endpoints; output: {lines:#?}");
+            }
+        }
+    }
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let find = |scheme: &str| {
+        lines.iter().find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with(scheme))
+                .map(str::to_string)
+        })
+    };
+    Served {
+        grpc: find("grpc://"),
+        http: find("http://"),
+        lines: lines.clone(),
+        child,
+        dir: dir.to_path_buf(),
+        events,
+    }
+}
+
+/// A load generator for end-to-end tests: gRPC `process_single_data` to a gateway.
+pub mod load {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    use zeroflow_proto::jina::jina_single_data_request_rpc_client::JinaSingleDataRequestRpcClient;
+    use zeroflow_proto::jina::{DataRequestProto, HeaderProto};
+
+    pub fn request(id: &str, delay_ms: f64) -> DataRequestProto {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert(
+            "delay_ms".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(delay_ms)),
+            },
+        );
+        DataRequestProto {
+            header: Some(HeaderProto {
+                request_id: id.into(),
+                exec_endpoint: Some("/".into()),
+                ..Default::default()
+            }),
+            parameters: Some(prost_types::Struct { fields }),
+            ..Default::default()
+        }
+    }
+
+    pub async fn client(url: &str) -> JinaSingleDataRequestRpcClient<tonic::transport::Channel> {
+        let url = url.replace("grpc://", "http://");
+        let ch = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to the gateway");
+        JinaSingleDataRequestRpcClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// One finished request: when it started, how long it took, and its outcome.
+    #[derive(Debug)]
+    pub struct Sample {
+        pub started: Instant,
+        pub took: Duration,
+        pub result: Result<(), (tonic::Code, String)>,
+    }
+
+    /// `n` requests at once; returns their outcomes in order.
+    pub async fn burst(url: &str, n: usize, delay_ms: f64) -> Vec<Sample> {
+        let c = client(url).await;
+        let calls = (0..n).map(|i| {
+            let mut c = c.clone();
+            async move {
+                let started = Instant::now();
+                let r = c
+                    .process_single_data(request(&format!("b{i}"), delay_ms))
+                    .await;
+                let result = match r {
+                    Ok(resp) => {
+                        let id = resp.into_inner().header.unwrap_or_default().request_id;
+                        if id == format!("b{i}") {
+                            Ok(())
+                        } else {
+                            Err((tonic::Code::Internal, format!("wrong request_id {id}")))
+                        }
+                    }
+                    Err(s) => Err((s.code(), s.message().to_string())),
+                };
+                Sample {
+                    started,
+                    took: started.elapsed(),
+                    result,
+                }
+            }
+        });
+        futures::future::join_all(calls).await
+    }
+
+    /// `concurrency` workers sending back-to-back requests for `duration`.
+    pub async fn sustained(
+        url: &str,
+        concurrency: usize,
+        duration: Duration,
+        delay_ms: f64,
+    ) -> Vec<Sample> {
+        let c = client(url).await;
+        let end = Instant::now() + duration;
+        let workers = (0..concurrency).map(|w| {
+            let mut c = c.clone();
+            async move {
+                let mut out = vec![];
+                let mut i = 0;
+                while Instant::now() < end {
+                    let started = Instant::now();
+                    let r = c
+                        .process_single_data(request(&format!("w{w}-{i}"), delay_ms))
+                        .await;
+                    out.push(Sample {
+                        started,
+                        took: started.elapsed(),
+                        result: r
+                            .map(|_| ())
+                            .map_err(|s| (s.code(), s.message().to_string())),
+                    });
+                    i += 1;
+                }
+                out
+            }
+        });
+        futures::future::join_all(workers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }

@@ -123,3 +123,93 @@ fn an_executor_that_cannot_start_is_reported_with_its_output() {
         "shows the Executor's own output: {stderr}"
     );
 }
+
+fn big_request(bytes: usize) -> zeroflow_proto::jina::DataRequestProto {
+    use prost::Message;
+    use zeroflow_proto::docarray::{DocListProto, DocProto, NodeProto, node_proto::Content};
+    let mut doc = DocProto::default();
+    // docarray gives every document an id; branches and shards are merged by it.
+    doc.data.insert(
+        "id".into(),
+        NodeProto {
+            content: Some(Content::Text("doc-1".into())),
+            docarray_type: None,
+        },
+    );
+    doc.data.insert(
+        "text".into(),
+        NodeProto {
+            content: Some(Content::Text("x".repeat(bytes))),
+            docarray_type: None,
+        },
+    );
+    let data = zeroflow_proto::jina::DataContentProto {
+        documents: Some(zeroflow_proto::jina::data_content_proto::Documents::Docs(
+            DocListProto { docs: vec![doc] },
+        )),
+    };
+    let mut r = load::request("big", 0.0);
+    r.data = data.encode_to_vec().into();
+    r
+}
+
+#[test]
+fn shards_timeouts_and_large_messages() {
+    let dir = temp_dir("shards");
+    let served = serve_flow(
+        &dir,
+        r#"
+jtype: Flow
+with:
+  timeout_send: 500
+executors:
+  - name: all
+    command: zeroflow-test-executor --append=-s
+    shards: 2
+    polling: ALL
+  - name: any
+    command: zeroflow-test-executor --append=-a
+    shards: 2
+    polling: ANY
+"#,
+    );
+    assert_eq!(served.replicas(), 4, "one shim per shard replica");
+    let url = served.grpc.clone().expect("grpc");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = load::client(&url).await;
+        // Polling ALL sends to both shards and merges their documents by id: one document,
+        // not two; ANY sends to one shard.
+        for _ in 0..4 {
+            let r = c
+                .process_single_data(big_request(10))
+                .await
+                .expect("ok")
+                .into_inner();
+            let docs = zeroflow_gateway::docs::decode_docs(&r.data).expect("docs");
+            assert_eq!(docs.docs.len(), 1);
+            let text = zeroflow_gateway::docs::docs_to_json(&docs)[0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(text, format!("{}-s-a", "x".repeat(10)));
+            let names: Vec<_> = r.routes.iter().map(|r| r.executor.as_str()).collect();
+            assert_eq!(names, ["gateway", "all", "any"]);
+        }
+        // Over tonic's default 4 MiB cap: Jina has no cap, neither does Zeroflow.
+        let r = c
+            .process_single_data(big_request(6 << 20))
+            .await
+            .expect("a 6 MiB document passes");
+        assert!(r.into_inner().data.len() > 6 << 20);
+        // timeout_send (500 ms) bounds each Executor call; the error names the Executor.
+        let err = c
+            .process_single_data(load::request("slow", 3000.0))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert!(err.message().contains("Executor all"), "{}", err.message());
+        assert!(err.message().contains("timeout_send"), "{}", err.message());
+    });
+    served.stop();
+}

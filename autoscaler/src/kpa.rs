@@ -1,0 +1,577 @@
+//! The KPA decision for `concurrency` and `rps`: a pure function of the observed averages, the
+//! Executor's spec, the server config, the previous state and `now` (Knative's
+//! `pkg/autoscaler/scaling/autoscaler.go`, plus the scale-to-zero gate of its KPA reconciler).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+use tokio::time::{Duration, Instant};
+
+use crate::config::AutoscalerConfig;
+use crate::scaling::{Decision, ScalingSpec};
+
+/// What the decider observed for one Executor at one tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs {
+    /// Total concurrency (or rps) across replicas and the activator, averaged over the stable window.
+    pub stable_avg: f64,
+    /// The same over the panic window.
+    pub panic_avg: f64,
+    /// Replicas ready now.
+    pub ready: u32,
+    /// Whether requests for this Executor currently go through the activator; zero is applied
+    /// only then, so that the next request has somewhere to wait.
+    pub activator_in_path: bool,
+    /// The last time any request was seen (a stat with traffic, or a poke); `None` = never.
+    pub last_traffic: Option<Instant>,
+    /// A request is waiting at the activator for this cold Executor right now.
+    pub poked: bool,
+}
+
+/// What a decider carries from one tick to the next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeciderState {
+    /// When the decider started: the quiet period of an Executor that never had traffic counts
+    /// from here.
+    started: Instant,
+    /// The last tick that was over the panic threshold, while in panic mode.
+    panic_since: Option<Instant>,
+    /// The highest desired count of the current panic.
+    max_panic: u32,
+    /// Desired counts of the last `scale_down_delay`, newest last.
+    delay_history: VecDeque<(Instant, u32)>,
+    last_desired: u32,
+    /// The first tick of the current run of ticks that wanted zero.
+    zero_wanted_since: Option<Instant>,
+}
+
+impl DeciderState {
+    /// A decider for an Executor that has `current` replicas (running or being started). With more
+    /// than one it starts in panic mode holding them, as Knative does: a restarted autoscaler has
+    /// no history yet and must not scale down by accident.
+    pub fn new(now: Instant, current: u32) -> Self {
+        let restarting = current > 1;
+        DeciderState {
+            started: now,
+            panic_since: restarting.then_some(now),
+            max_panic: if restarting { current } else { 0 },
+            delay_history: VecDeque::new(),
+            last_desired: current,
+            zero_wanted_since: None,
+        }
+    }
+
+    pub fn last_desired(&self) -> u32 {
+        self.last_desired
+    }
+
+    pub fn in_panic(&self) -> bool {
+        self.panic_since.is_some()
+    }
+
+    /// At zero: the next request needs a poke to get a replica.
+    pub fn is_cold(&self) -> bool {
+        self.last_desired == 0
+    }
+}
+
+/// One KPA decision. See autoscaling.md for the reference pseudo-code this follows line by line.
+pub fn decide(
+    input: &Inputs,
+    spec: &ScalingSpec,
+    cfg: &AutoscalerConfig,
+    state: &DeciderState,
+    now: Instant,
+) -> (Decision, DeciderState) {
+    let mut st = state.clone();
+    let mut notes = String::new();
+    let target = spec.target_value(cfg);
+    let ready = f64::from(input.ready.max(1));
+
+    // Rate limits: at least N→N+1 up and N→N−1 down per tick even with conservative rates.
+    let max_up = (cfg.max_scale_up_rate * ready).ceil();
+    let max_down = (ready / cfg.max_scale_down_rate).floor();
+    let dspc = (input.stable_avg.max(0.0) / target).ceil();
+    let dppc = (input.panic_avg.max(0.0) / target).ceil();
+    // `as u32` saturates, so an absurd load cannot wrap around.
+    let stable_pods = dspc.max(max_down).min(max_up) as u32;
+    let panic_pods = dppc.max(max_down).min(max_up) as u32;
+
+    let over = dppc / ready >= cfg.panic_threshold_percentage / 100.0;
+    if over {
+        st.panic_since = Some(now);
+    } else if let Some(since) = st.panic_since
+        && now > since + spec.stable_window
+    {
+        // By now the surge has made its way into the stable average.
+        st.panic_since = None;
+        st.max_panic = 0;
+    }
+    let panicking = st.panic_since.is_some();
+
+    let mut desired = if panicking {
+        // The stable window can be the larger in some edge cases; provision for both.
+        stable_pods.max(panic_pods)
+    } else {
+        stable_pods
+    };
+
+    if !spec.scale_down_delay.is_zero() {
+        let delay = spec.scale_down_delay;
+        st.delay_history
+            .retain(|(t, _)| now.saturating_duration_since(*t) < delay);
+        st.delay_history.push_back((now, desired));
+        let held = st.delay_history.iter().map(|(_, d)| *d).max().unwrap_or(desired);
+        if held > desired {
+            let _ = write!(notes, "; held at {held} by scale_down_delay {}", secs(delay));
+        }
+        desired = held;
+    }
+
+    if panicking {
+        // Applied after the delay window so that desired never drops during one panic, even when
+        // an older, higher count slides out of the delay window.
+        if desired < st.max_panic {
+            let _ = write!(notes, "; panic keeps {}", st.max_panic);
+        }
+        desired = desired.max(st.max_panic);
+        st.max_panic = desired;
+    }
+
+    if desired == 0 && (input.poked || input.stable_avg > 0.0 || input.panic_avg > 0.0) {
+        // A poke arrives before any stat has filled a window; a waiting request needs a replica.
+        desired = 1;
+        notes.push_str("; activation");
+    }
+
+    // `max` last, so that a spec with min > max cannot panic here: the upper bound wins.
+    let bounded = desired.max(spec.min).min(spec.max);
+    if bounded != desired {
+        let _ = write!(notes, "; bounds [{}, {}]", spec.min, spec.max);
+    }
+    desired = bounded;
+
+    // Scale to zero happens in stages: a whole stable window without traffic (which also empties
+    // the stable average), the scale-down delay, then a grace period during which the activator
+    // is put in the path, and only then zero.
+    let mut want_activator = false;
+    if desired == 0 && st.last_desired > 0 {
+        let wanted_since = *st.zero_wanted_since.get_or_insert(now);
+        let quiet = now.saturating_duration_since(input.last_traffic.unwrap_or(st.started));
+        let grace = cfg.zero_grace();
+        let needed = spec.stable_window + grace;
+        desired = 1;
+        if !cfg.enable_scale_to_zero {
+            notes.push_str("; held at 1: scale to zero is disabled");
+        } else if quiet < needed {
+            want_activator = true;
+            let _ = write!(
+                notes,
+                "; held at 1: quiet {} of {} before zero",
+                secs(quiet),
+                secs(needed)
+            );
+        } else if now.saturating_duration_since(wanted_since) < grace {
+            want_activator = true;
+            let _ = write!(
+                notes,
+                "; held at 1: grace {} of {}",
+                secs(now.saturating_duration_since(wanted_since)),
+                secs(grace)
+            );
+        } else if !input.activator_in_path {
+            want_activator = true;
+            notes.push_str("; held at 1 until the activator is in the path");
+        } else {
+            desired = 0;
+            let _ = write!(notes, "; scale to zero after {} quiet", secs(quiet));
+        }
+    } else if desired > 0 {
+        st.zero_wanted_since = None;
+    }
+
+    // Knative's excess burst capacity: spare capacity after absorbing a burst of TBC on top of
+    // the current (panic-window) load, measured on the replicas that are actually ready.
+    let tbc = cfg.target_burst_capacity;
+    let excess_burst_capacity = if tbc == 0.0 {
+        0
+    } else if tbc < 0.0 {
+        -1
+    } else {
+        (f64::from(input.ready) * spec.target - tbc - input.panic_avg).floor() as i64
+    };
+    let activator_in_path = tbc < 0.0
+        || desired == 0
+        || input.ready == 0
+        || excess_burst_capacity < 0
+        || want_activator;
+
+    let reason = format!(
+        "stable avg {:.1} / target {:.1} → {dspc}; panic avg {:.1} → {dppc}{}; ready {}; \
+         rate limits [{max_down}, {max_up}]{notes}; desired {desired}",
+        input.stable_avg,
+        target,
+        input.panic_avg,
+        if panicking { " (panic)" } else { "" },
+        input.ready,
+    );
+    let decision = Decision {
+        desired,
+        previous: state.last_desired,
+        panic: panicking,
+        excess_burst_capacity,
+        activator_in_path,
+        reason,
+    };
+    st.last_desired = desired;
+    (decision, st)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64().round())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroflow_spec::{Autoscale, Metric};
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// One tick of a scenario: the time since the scenario began, what was observed, and what
+    /// must come out.
+    #[derive(Debug, Clone, Copy)]
+    struct Step {
+        at: u64,
+        stable: f64,
+        panic: f64,
+        ready: u32,
+        want: u32,
+        want_panic: bool,
+    }
+
+    const fn step(at: u64, stable: f64, panic: f64, ready: u32, want: u32, want_panic: bool) -> Step {
+        Step {
+            at,
+            stable,
+            panic,
+            ready,
+            want,
+            want_panic,
+        }
+    }
+
+    struct Scenario {
+        name: &'static str,
+        autoscale: Autoscale,
+        /// Replicas when the decider starts.
+        start: u32,
+        /// Seconds since the start of the last request before the scenario, if any.
+        last_traffic: Option<u64>,
+        steps: &'static [Step],
+    }
+
+    fn autoscale(min: u32, max: u32, delay: u64) -> Autoscale {
+        Autoscale {
+            min,
+            max,
+            metric: Metric::Concurrency,
+            target: 100,
+            scale_down_delay: Duration::from_secs(delay),
+            stable_window: Duration::from_secs(60),
+            ..Autoscale::default()
+        }
+    }
+
+    fn uncapped() -> AutoscalerConfig {
+        AutoscalerConfig {
+            max_replicas_cap: 0,
+            ..AutoscalerConfig::default()
+        }
+    }
+
+    fn run(s: &Scenario) {
+        let cfg = uncapped();
+        let spec = ScalingSpec::new(&s.autoscale, &cfg);
+        let t0 = Instant::now();
+        let mut state = DeciderState::new(t0, s.start);
+        let mut last_traffic = s.last_traffic.map(|l| t0 + l * S);
+        for st in s.steps {
+            let now = t0 + st.at * S;
+            if st.stable > 0.0 || st.panic > 0.0 {
+                last_traffic = Some(now);
+            }
+            let input = Inputs {
+                stable_avg: st.stable,
+                panic_avg: st.panic,
+                ready: st.ready,
+                activator_in_path: true,
+                last_traffic,
+                poked: false,
+            };
+            let (d, next) = decide(&input, &spec, &cfg, &state, now);
+            assert_eq!(
+                (d.desired, d.panic),
+                (st.want, st.want_panic),
+                "{}: at {}s: {}",
+                s.name,
+                st.at,
+                d.reason
+            );
+            assert!(!d.reason.is_empty());
+            state = next;
+        }
+    }
+
+    #[test]
+    fn knative_scenarios() {
+        let scenarios = [
+            Scenario {
+                name: "steady load: 140 concurrent at 70 per replica is 2 replicas",
+                autoscale: autoscale(1, 10, 0),
+                start: 1,
+                last_traffic: None,
+                steps: &[
+                    step(0, 140.0, 140.0, 1, 2, false),
+                    step(2, 140.0, 140.0, 2, 2, false),
+                    step(4, 139.0, 141.0, 2, 2, false),
+                    step(60, 140.0, 140.0, 2, 2, false),
+                ],
+            },
+            Scenario {
+                name: "step up below the panic threshold follows the stable average",
+                autoscale: autoscale(1, 10, 0),
+                start: 1,
+                last_traffic: None,
+                steps: &[
+                    step(0, 50.0, 50.0, 1, 1, false),
+                    step(2, 60.0, 130.0, 1, 1, false),
+                    step(4, 100.0, 140.0, 1, 2, false),
+                    step(6, 140.0, 140.0, 2, 2, false),
+                ],
+            },
+            Scenario {
+                name: "panic entry and exit: starts over 200 %, holds the max, ends a stable window after the last over tick",
+                autoscale: autoscale(1, 100, 0),
+                start: 1,
+                last_traffic: None,
+                steps: &[
+                    // dppc 8 over 1 ready: panic, desired max(stable 1, panic 8).
+                    step(0, 10.0, 500.0, 1, 8, true),
+                    // Still over: 20 / 8 ready < 2 is not, so this tick only keeps panic alive.
+                    step(2, 60.0, 1400.0, 8, 20, true),
+                    // Load falls: panic holds 20 (never lower during a panic).
+                    step(4, 100.0, 100.0, 20, 20, true),
+                    step(60, 100.0, 100.0, 20, 20, true),
+                    // 60 s after the last over tick (2 s) is 62 s: not yet over at 62 exactly.
+                    step(62, 100.0, 100.0, 20, 20, true),
+                    // Panic ends; stable 2 but the rate limit allows only 20 → 10.
+                    step(64, 100.0, 100.0, 20, 10, false),
+                    step(66, 100.0, 100.0, 10, 5, false),
+                    step(68, 100.0, 100.0, 5, 2, false),
+                    step(70, 100.0, 100.0, 2, 2, false),
+                ],
+            },
+            Scenario {
+                name: "scale-down rate limit halves per tick",
+                autoscale: autoscale(1, 100, 0),
+                start: 1,
+                last_traffic: Some(0),
+                steps: &[
+                    step(0, 1.0, 1.0, 16, 8, false),
+                    step(2, 1.0, 1.0, 8, 4, false),
+                    step(4, 1.0, 1.0, 4, 2, false),
+                    step(6, 1.0, 1.0, 2, 1, false),
+                    step(8, 1.0, 1.0, 1, 1, false),
+                    // Not ready yet: maxDown is floor(1 / 2) = 0, desired may still drop.
+                    step(10, 1.0, 1.0, 16, 8, false),
+                ],
+            },
+            Scenario {
+                name: "scale_down_delay holds the max of the last 30 s",
+                autoscale: autoscale(1, 100, 30),
+                start: 1,
+                last_traffic: None,
+                steps: &[
+                    step(0, 350.0, 350.0, 1, 5, true),
+                    // Panic ends only at 61 s; run the load down after it.
+                    step(62, 70.0, 70.0, 5, 5, false),
+                    step(70, 70.0, 70.0, 5, 5, false),
+                    step(90, 70.0, 70.0, 5, 5, false),
+                    // The 5 recorded at 62 s slides out of the 30 s window at 92 s.
+                    step(92, 70.0, 70.0, 5, 2, false),
+                    step(94, 70.0, 70.0, 2, 1, false),
+                ],
+            },
+            Scenario {
+                name: "scale to zero after the stable window and the grace period, not before",
+                autoscale: autoscale(0, 10, 0),
+                start: 1,
+                last_traffic: Some(0),
+                steps: &[
+                    step(2, 0.0, 0.0, 1, 1, false),
+                    step(60, 0.0, 0.0, 1, 1, false),
+                    step(88, 0.0, 0.0, 1, 1, false),
+                    step(90, 0.0, 0.0, 1, 0, false),
+                    step(92, 0.0, 0.0, 0, 0, false),
+                ],
+            },
+            Scenario {
+                name: "min and max clamps",
+                autoscale: autoscale(2, 3, 0),
+                start: 1,
+                last_traffic: None,
+                steps: &[
+                    step(0, 0.0, 0.0, 1, 2, false),
+                    step(2, 700.0, 700.0, 2, 3, true),
+                    step(4, 7000.0, 7000.0, 3, 3, true),
+                ],
+            },
+            Scenario {
+                name: "a decider starting with 3 ready replicas is in panic and holds them",
+                autoscale: autoscale(0, 10, 0),
+                start: 3,
+                last_traffic: None,
+                steps: &[
+                    step(0, 0.0, 0.0, 3, 3, true),
+                    step(60, 10.0, 10.0, 3, 3, true),
+                    step(62, 10.0, 10.0, 3, 1, false),
+                ],
+            },
+            Scenario {
+                name: "scale up is limited to 1000 × ready",
+                autoscale: autoscale(0, 0, 0),
+                start: 1,
+                last_traffic: None,
+                steps: &[step(0, 1e9, 1e9, 1, 1000, true), step(2, 1e9, 1e9, 1000, 700_000, true)],
+            },
+        ];
+        for s in &scenarios {
+            run(s);
+        }
+    }
+
+    #[test]
+    fn activation_with_a_poke_gives_one_replica_at_once() {
+        let cfg = AutoscalerConfig::default();
+        let spec = ScalingSpec::new(&autoscale(0, 2, 30), &cfg);
+        let t0 = Instant::now();
+        let state = DeciderState::new(t0, 0);
+        assert!(state.is_cold());
+        let now = t0 + 600 * S;
+        let mut input = Inputs {
+            stable_avg: 0.0,
+            panic_avg: 0.0,
+            ready: 0,
+            activator_in_path: true,
+            last_traffic: None,
+            poked: false,
+        };
+        let (d, _) = decide(&input, &spec, &cfg, &state, now);
+        assert_eq!(d.desired, 0, "no demand, stays at zero: {}", d.reason);
+        assert!(d.activator_in_path);
+        input.poked = true;
+        input.last_traffic = Some(now);
+        let (d, next) = decide(&input, &spec, &cfg, &state, now);
+        assert_eq!((d.desired, d.previous), (1, 0), "{}", d.reason);
+        assert!(d.reason.contains("activation"), "{}", d.reason);
+        assert!(d.activator_in_path, "no replica is ready: requests must wait in the activator");
+        // The next tick without any stat yet holds the replica (quiet since the poke).
+        input.poked = false;
+        let (d, _) = decide(&input, &spec, &cfg, &next, now + 2 * S);
+        assert_eq!(d.desired, 1, "{}", d.reason);
+    }
+
+    #[test]
+    fn zero_waits_for_the_activator_and_respects_the_feature_flag() {
+        let cfg = AutoscalerConfig::default();
+        let spec = ScalingSpec::new(&autoscale(0, 2, 0), &cfg);
+        let t0 = Instant::now();
+        let state = DeciderState::new(t0, 1);
+        let input = Inputs {
+            stable_avg: 0.0,
+            panic_avg: 0.0,
+            ready: 1,
+            activator_in_path: false,
+            last_traffic: Some(t0),
+            poked: false,
+        };
+        // The zero run starts at 60 s; the grace period runs from there.
+        let (d, state) = decide(&input, &spec, &cfg, &state, t0 + 60 * S);
+        assert_eq!(d.desired, 1);
+        assert!(d.activator_in_path, "wanting zero asks for the activator first");
+        let (d, state2) = decide(&input, &spec, &cfg, &state, t0 + 90 * S);
+        assert_eq!(d.desired, 1, "{}", d.reason);
+        assert!(d.reason.contains("until the activator is in the path"), "{}", d.reason);
+        let in_path = Inputs {
+            activator_in_path: true,
+            ..input.clone()
+        };
+        let (d, _) = decide(&in_path, &spec, &cfg, &state2, t0 + 92 * S);
+        assert_eq!(d.desired, 0, "{}", d.reason);
+
+        let off = AutoscalerConfig {
+            enable_scale_to_zero: false,
+            ..cfg.clone()
+        };
+        let (d, _) = decide(&in_path, &spec, &off, &state2, t0 + 600 * S);
+        assert_eq!(d.desired, 1, "{}", d.reason);
+    }
+
+    #[test]
+    fn excess_burst_capacity_and_the_activator() {
+        let spec = ScalingSpec::new(&autoscale(1, 10, 0), &AutoscalerConfig::default());
+        let t0 = Instant::now();
+        let state = DeciderState::new(t0, 3);
+        let input = Inputs {
+            stable_avg: 50.0,
+            panic_avg: 50.0,
+            ready: 3,
+            activator_in_path: true,
+            last_traffic: Some(t0),
+            poked: false,
+        };
+        let with_tbc = |tbc: f64| {
+            let cfg = AutoscalerConfig {
+                target_burst_capacity: tbc,
+                ..AutoscalerConfig::default()
+            };
+            decide(&input, &spec, &cfg, &state, t0).0
+        };
+        // floor(3 × 100 − 211 − 50) = 39: enough spare capacity, the activator may step out.
+        let d = with_tbc(211.0);
+        assert_eq!((d.excess_burst_capacity, d.activator_in_path), (39, false));
+        let d = with_tbc(260.0);
+        assert_eq!((d.excess_burst_capacity, d.activator_in_path), (-10, true));
+        let d = with_tbc(0.0);
+        assert_eq!((d.excess_burst_capacity, d.activator_in_path), (0, false));
+        let d = with_tbc(-1.0);
+        assert_eq!((d.excess_burst_capacity, d.activator_in_path), (-1, true));
+    }
+
+    #[test]
+    fn rps_uses_utilization_too() {
+        let cfg = AutoscalerConfig::default();
+        let a = Autoscale {
+            metric: Metric::Rps,
+            target: 200,
+            min: 1,
+            max: 5,
+            scale_down_delay: Duration::ZERO,
+            ..Autoscale::default()
+        };
+        let spec = ScalingSpec::new(&a, &cfg);
+        let t0 = Instant::now();
+        let input = Inputs {
+            stable_avg: 281.0,
+            panic_avg: 281.0,
+            ready: 2,
+            activator_in_path: true,
+            last_traffic: Some(t0),
+            poked: false,
+        };
+        let (d, _) = decide(&input, &spec, &cfg, &DeciderState::new(t0, 2), t0 + 120 * S);
+        // 281 / 140 → 3.
+        assert_eq!(d.desired, 3, "{}", d.reason);
+    }
+}
