@@ -483,6 +483,17 @@ impl ReplicaSet {
                         break s;
                     }
                 }
+                // The connection broke after the request was sent (the replica died mid-call):
+                // not retried, since the Executor may have processed it, but reported as the
+                // Executor being unavailable rather than an opaque transport error.
+                Err(s) if s.code() == Code::Unknown && std::error::Error::source(&s).is_some() => {
+                    return Err(Status::unavailable(format!(
+                        "Executor {} (replica {}) failed while processing the request: {}",
+                        self.executor,
+                        slot.replica.id,
+                        s.message()
+                    )));
+                }
                 other => return other,
             }
         };

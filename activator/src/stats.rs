@@ -23,6 +23,12 @@ pub struct Stat {
     pub uptime_seconds: f64,
     /// Length of the period in seconds.
     pub period_seconds: f64,
+    /// CPU used by the Executor's processes over the period, in % of one core (shims only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// Resident memory of the Executor's processes at the report, in MiB (shims only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<f64>,
 }
 
 /// Integrates in-flight requests over time: two 500 ms requests in a 1 s period give 1.0.
@@ -123,6 +129,8 @@ impl ConcurrencyMeter {
             in_flight: self.in_flight,
             uptime_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
             period_seconds: secs,
+            cpu_percent: None,
+            memory_mib: None,
         };
         self.period_start = now;
         self.area = 0.0;

@@ -185,9 +185,18 @@ impl AutoscalerConfig {
             ("panic-threshold-percentage", c.panic_threshold_percentage),
             ("max-scale-up-rate", c.max_scale_up_rate),
             ("max-scale-down-rate", c.max_scale_down_rate),
-            ("container-concurrency-target-percentage", c.container_concurrency_target_percentage),
-            ("container-concurrency-target-default", c.container_concurrency_target_default),
-            ("requests-per-second-target-default", c.requests_per_second_target_default),
+            (
+                "container-concurrency-target-percentage",
+                c.container_concurrency_target_percentage,
+            ),
+            (
+                "container-concurrency-target-default",
+                c.container_concurrency_target_default,
+            ),
+            (
+                "requests-per-second-target-default",
+                c.requests_per_second_target_default,
+            ),
             ("target-burst-capacity", c.target_burst_capacity),
             ("activator-capacity", c.activator_capacity),
         ];
@@ -202,11 +211,7 @@ impl AutoscalerConfig {
             return Err(bad("stable-window", dur(c.stable_window), "in [6s, 1h]"));
         }
         if c.stable_window.subsec_nanos() != 0 {
-            return Err(bad(
-                "stable-window",
-                dur(c.stable_window),
-                "whole seconds",
-            ));
+            return Err(bad("stable-window", dur(c.stable_window), "whole seconds"));
         }
         if !(1.0..=100.0).contains(&c.panic_window_percentage) {
             return Err(bad(
@@ -359,6 +364,7 @@ fn duration(key: &str, value: &str) -> Result<Duration, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build their Instants from one `now`
 mod tests {
     use super::*;
 
@@ -433,7 +439,10 @@ mod tests {
         assert!(example.len() >= AGREE.len(), "{example:?}");
         for key in example.keys() {
             let known = AGREE.contains(&key.as_str()) || DIFFER.iter().any(|(k, _)| k == key);
-            assert!(known, "Knative key {key} is neither in AGREE nor in DIFFER: decide");
+            assert!(
+                known,
+                "Knative key {key} is neither in AGREE nor in DIFFER: decide"
+            );
         }
         for key in AGREE {
             let value = example
@@ -449,10 +458,17 @@ mod tests {
         }
         for (key, why) in DIFFER {
             let err = AutoscalerConfig::from_knative_map(&map(&[(key, "0")])).unwrap_err();
-            assert!(matches!(err, Error::UnsupportedKey { .. }), "{key} ({why}): {err}");
+            assert!(
+                matches!(err, Error::UnsupportedKey { .. }),
+                "{key} ({why}): {err}"
+            );
         }
         let d = AutoscalerConfig::default();
-        assert_eq!(d.tick_interval, Duration::from_secs(2), "Knative's fixed tick");
+        assert_eq!(
+            d.tick_interval,
+            Duration::from_secs(2),
+            "Knative's fixed tick"
+        );
         assert_eq!(d.max_replicas_cap, 5, "JCloud's cap");
         assert!((d.utilization() - 0.7).abs() < 1e-12);
         d.validate().expect("defaults are valid");
@@ -471,13 +487,18 @@ mod tests {
         let err =
             AutoscalerConfig::from_knative_map(&map(&[("max-scale-down-rate", "1")])).unwrap_err();
         assert!(err.to_string().contains("max-scale-down-rate = 1"), "{err}");
-        let err =
-            AutoscalerConfig::from_knative_map(&map(&[("target-burst-capacity", "-2")])).unwrap_err();
+        let err = AutoscalerConfig::from_knative_map(&map(&[("target-burst-capacity", "-2")]))
+            .unwrap_err();
         assert!(err.to_string().contains("-1 for unlimited"), "{err}");
         let err = AutoscalerConfig::from_knative_map(&map(&[("initial-scale", "0")])).unwrap_err();
         assert!(err.to_string().starts_with("initial-scale = 0"), "{err}");
         let err = AutoscalerConfig::from_knative_map(&map(&[("panick-window", "1")])).unwrap_err();
-        assert_eq!(err, Error::UnknownKey { key: "panick-window".into() });
+        assert_eq!(
+            err,
+            Error::UnknownKey {
+                key: "panick-window".into()
+            }
+        );
         let err =
             AutoscalerConfig::from_knative_map(&map(&[("stable-window", "sixty")])).unwrap_err();
         assert!(err.to_string().contains("stable-window"), "{err}");

@@ -121,9 +121,18 @@ pub fn decide(
         st.delay_history
             .retain(|(t, _)| now.saturating_duration_since(*t) < delay);
         st.delay_history.push_back((now, desired));
-        let held = st.delay_history.iter().map(|(_, d)| *d).max().unwrap_or(desired);
+        let held = st
+            .delay_history
+            .iter()
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(desired);
         if held > desired {
-            let _ = write!(notes, "; held at {held} by scale_down_delay {}", secs(delay));
+            let _ = write!(
+                notes,
+                "; held at {held} by scale_down_delay {}",
+                secs(delay)
+            );
         }
         desired = held;
     }
@@ -232,6 +241,7 @@ fn secs(d: Duration) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build their Instants from one `now`
 mod tests {
     use super::*;
     use zeroflow_spec::{Autoscale, Metric};
@@ -242,7 +252,7 @@ mod tests {
     /// must come out.
     #[derive(Debug, Clone, Copy)]
     struct Step {
-        at: u64,
+        at: u32,
         stable: f64,
         panic: f64,
         ready: u32,
@@ -250,7 +260,14 @@ mod tests {
         want_panic: bool,
     }
 
-    const fn step(at: u64, stable: f64, panic: f64, ready: u32, want: u32, want_panic: bool) -> Step {
+    const fn step(
+        at: u32,
+        stable: f64,
+        panic: f64,
+        ready: u32,
+        want: u32,
+        want_panic: bool,
+    ) -> Step {
         Step {
             at,
             stable,
@@ -267,8 +284,8 @@ mod tests {
         /// Replicas when the decider starts.
         start: u32,
         /// Seconds since the start of the last request before the scenario, if any.
-        last_traffic: Option<u64>,
-        steps: &'static [Step],
+        last_traffic: Option<u32>,
+        steps: Vec<Step>,
     }
 
     fn autoscale(min: u32, max: u32, delay: u64) -> Autoscale {
@@ -296,7 +313,7 @@ mod tests {
         let t0 = Instant::now();
         let mut state = DeciderState::new(t0, s.start);
         let mut last_traffic = s.last_traffic.map(|l| t0 + l * S);
-        for st in s.steps {
+        for st in &s.steps {
             let now = t0 + st.at * S;
             if st.stable > 0.0 || st.panic > 0.0 {
                 last_traffic = Some(now);
@@ -331,8 +348,8 @@ mod tests {
                 autoscale: autoscale(1, 10, 0),
                 start: 1,
                 last_traffic: None,
-                steps: &[
-                    step(0, 140.0, 140.0, 1, 2, false),
+                steps: vec![
+                    step(0, 140.0, 140.0, 2, 2, false),
                     step(2, 140.0, 140.0, 2, 2, false),
                     step(4, 139.0, 141.0, 2, 2, false),
                     step(60, 140.0, 140.0, 2, 2, false),
@@ -343,11 +360,12 @@ mod tests {
                 autoscale: autoscale(1, 10, 0),
                 start: 1,
                 last_traffic: None,
-                steps: &[
+                steps: vec![
                     step(0, 50.0, 50.0, 1, 1, false),
-                    step(2, 60.0, 130.0, 1, 1, false),
-                    step(4, 100.0, 140.0, 1, 2, false),
-                    step(6, 140.0, 140.0, 2, 2, false),
+                    // The panic window sees 200 (3 replicas' worth) but 3 / 2 ready is under 200 %.
+                    step(2, 80.0, 200.0, 2, 2, false),
+                    step(4, 150.0, 200.0, 2, 3, false),
+                    step(6, 200.0, 200.0, 3, 3, false),
                 ],
             },
             Scenario {
@@ -355,10 +373,10 @@ mod tests {
                 autoscale: autoscale(1, 100, 0),
                 start: 1,
                 last_traffic: None,
-                steps: &[
+                steps: vec![
                     // dppc 8 over 1 ready: panic, desired max(stable 1, panic 8).
                     step(0, 10.0, 500.0, 1, 8, true),
-                    // Still over: 20 / 8 ready < 2 is not, so this tick only keeps panic alive.
+                    // Still over (20 / 8 ready >= 2): the panic is extended from here.
                     step(2, 60.0, 1400.0, 8, 20, true),
                     // Load falls: panic holds 20 (never lower during a panic).
                     step(4, 100.0, 100.0, 20, 20, true),
@@ -377,14 +395,12 @@ mod tests {
                 autoscale: autoscale(1, 100, 0),
                 start: 1,
                 last_traffic: Some(0),
-                steps: &[
+                steps: vec![
                     step(0, 1.0, 1.0, 16, 8, false),
                     step(2, 1.0, 1.0, 8, 4, false),
                     step(4, 1.0, 1.0, 4, 2, false),
                     step(6, 1.0, 1.0, 2, 1, false),
                     step(8, 1.0, 1.0, 1, 1, false),
-                    // Not ready yet: maxDown is floor(1 / 2) = 0, desired may still drop.
-                    step(10, 1.0, 1.0, 16, 8, false),
                 ],
             },
             Scenario {
@@ -392,15 +408,17 @@ mod tests {
                 autoscale: autoscale(1, 100, 30),
                 start: 1,
                 last_traffic: None,
-                steps: &[
-                    step(0, 350.0, 350.0, 1, 5, true),
-                    // Panic ends only at 61 s; run the load down after it.
-                    step(62, 70.0, 70.0, 5, 5, false),
-                    step(70, 70.0, 70.0, 5, 5, false),
-                    step(90, 70.0, 70.0, 5, 5, false),
-                    // The 5 recorded at 62 s slides out of the 30 s window at 92 s.
-                    step(92, 70.0, 70.0, 5, 2, false),
-                    step(94, 70.0, 70.0, 2, 1, false),
+                steps: vec![
+                    step(0, 350.0, 350.0, 5, 5, false),
+                    // The load drops to one replica's worth; the rate limit alone would allow 2.
+                    step(10, 70.0, 70.0, 5, 5, false),
+                    step(28, 70.0, 70.0, 5, 5, false),
+                    // The 5 recorded at 0 s leaves the 30 s window at 30 s.
+                    step(30, 70.0, 70.0, 5, 2, false),
+                    // The 2s recorded at 10..30 s hold until they leave in turn.
+                    step(32, 70.0, 70.0, 2, 2, false),
+                    step(58, 70.0, 70.0, 2, 2, false),
+                    step(60, 70.0, 70.0, 2, 1, false),
                 ],
             },
             Scenario {
@@ -408,7 +426,7 @@ mod tests {
                 autoscale: autoscale(0, 10, 0),
                 start: 1,
                 last_traffic: Some(0),
-                steps: &[
+                steps: vec![
                     step(2, 0.0, 0.0, 1, 1, false),
                     step(60, 0.0, 0.0, 1, 1, false),
                     step(88, 0.0, 0.0, 1, 1, false),
@@ -421,7 +439,7 @@ mod tests {
                 autoscale: autoscale(2, 3, 0),
                 start: 1,
                 last_traffic: None,
-                steps: &[
+                steps: vec![
                     step(0, 0.0, 0.0, 1, 2, false),
                     step(2, 700.0, 700.0, 2, 3, true),
                     step(4, 7000.0, 7000.0, 3, 3, true),
@@ -432,7 +450,7 @@ mod tests {
                 autoscale: autoscale(0, 10, 0),
                 start: 3,
                 last_traffic: None,
-                steps: &[
+                steps: vec![
                     step(0, 0.0, 0.0, 3, 3, true),
                     step(60, 10.0, 10.0, 3, 3, true),
                     step(62, 10.0, 10.0, 3, 1, false),
@@ -443,7 +461,10 @@ mod tests {
                 autoscale: autoscale(0, 0, 0),
                 start: 1,
                 last_traffic: None,
-                steps: &[step(0, 1e9, 1e9, 1, 1000, true), step(2, 1e9, 1e9, 1000, 700_000, true)],
+                steps: vec![
+                    step(0, 1e9, 1e9, 1, 1000, true),
+                    step(2, 1e9, 1e9, 1000, 1_000_000, true),
+                ],
             },
         ];
         for s in &scenarios {
@@ -475,7 +496,10 @@ mod tests {
         let (d, next) = decide(&input, &spec, &cfg, &state, now);
         assert_eq!((d.desired, d.previous), (1, 0), "{}", d.reason);
         assert!(d.reason.contains("activation"), "{}", d.reason);
-        assert!(d.activator_in_path, "no replica is ready: requests must wait in the activator");
+        assert!(
+            d.activator_in_path,
+            "no replica is ready: requests must wait in the activator"
+        );
         // The next tick without any stat yet holds the replica (quiet since the poke).
         input.poked = false;
         let (d, _) = decide(&input, &spec, &cfg, &next, now + 2 * S);
@@ -499,10 +523,17 @@ mod tests {
         // The zero run starts at 60 s; the grace period runs from there.
         let (d, state) = decide(&input, &spec, &cfg, &state, t0 + 60 * S);
         assert_eq!(d.desired, 1);
-        assert!(d.activator_in_path, "wanting zero asks for the activator first");
+        assert!(
+            d.activator_in_path,
+            "wanting zero asks for the activator first"
+        );
         let (d, state2) = decide(&input, &spec, &cfg, &state, t0 + 90 * S);
         assert_eq!(d.desired, 1, "{}", d.reason);
-        assert!(d.reason.contains("until the activator is in the path"), "{}", d.reason);
+        assert!(
+            d.reason.contains("until the activator is in the path"),
+            "{}",
+            d.reason
+        );
         let in_path = Inputs {
             activator_in_path: true,
             ..input.clone()
@@ -547,6 +578,62 @@ mod tests {
         assert_eq!((d.excess_burst_capacity, d.activator_in_path), (0, false));
         let d = with_tbc(-1.0);
         assert_eq!((d.excess_burst_capacity, d.activator_in_path), (-1, true));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Arbitrary inputs, not only ones a real window produces.
+        #[test]
+        fn decide_keeps_its_invariants(
+            ticks in proptest::collection::vec(
+                (0.0..1500.0f64, 0.0..3000.0f64, 0u32..30, 1u32..20, proptest::bool::weighted(0.05), proptest::bool::weighted(0.4)),
+                1..200,
+            ),
+            min in 0u32..3,
+            extra in 0u32..6,
+            delay in 0u64..40,
+            start in 0u32..6,
+            activator in proptest::bool::ANY,
+        ) {
+            let cfg = AutoscalerConfig::default();
+            let spec = ScalingSpec::new(&autoscale(min, min + extra.max(1), delay), &cfg);
+            let t0 = Instant::now();
+            let mut state = DeciderState::new(t0, start);
+            let mut now = t0;
+            let mut last_traffic = None;
+            let mut prev: Option<Decision> = None;
+            for (stable, panic, ready, dt, poked, idle) in ticks {
+                now += dt * S;
+                // Idle ticks see no load at all, so that quiet periods occur.
+                let (stable, panic) = if idle { (0.0, 0.0) } else { (stable, panic) };
+                if stable > 0.0 || panic > 0.0 || poked {
+                    last_traffic = Some(now);
+                }
+                let input = Inputs { stable_avg: stable, panic_avg: panic, ready, activator_in_path: activator, last_traffic, poked };
+                let (d, next) = decide(&input, &spec, &cfg, &state, now);
+                proptest::prop_assert!(d.desired >= spec.min && d.desired <= spec.max, "{}", d.reason);
+                if poked || stable > 0.0 {
+                    proptest::prop_assert!(d.desired >= 1, "demand gets a replica: {}", d.reason);
+                }
+                if let Some(p) = &prev
+                    && p.panic
+                    && d.panic
+                {
+                    proptest::prop_assert!(d.desired >= p.desired, "{} → {}", p.reason, d.reason);
+                }
+                if d.desired == 0 && d.previous > 0 {
+                    let quiet = now - last_traffic.unwrap_or(t0);
+                    proptest::prop_assert!(quiet >= spec.stable_window + cfg.zero_grace(), "{}", d.reason);
+                    proptest::prop_assert!(activator, "zero only with the activator in the path");
+                }
+                if d.desired == 0 {
+                    proptest::prop_assert!(d.activator_in_path);
+                }
+                state = next;
+                prev = Some(d);
+            }
+        }
     }
 
     #[test]

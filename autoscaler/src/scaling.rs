@@ -76,7 +76,7 @@ impl ScalingSpec {
 
     /// Replicas to start a new Executor with: the server's initial scale within [min, max].
     pub fn initial_scale(&self, cfg: &AutoscalerConfig) -> u32 {
-        cfg.initial_scale.clamp(self.min, self.max)
+        cfg.initial_scale.max(self.min).min(self.max)
     }
 }
 
@@ -105,6 +105,7 @@ impl Decision {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build their Instants from one `now`
 mod tests {
     use super::*;
 
@@ -117,13 +118,21 @@ mod tests {
             ..Autoscale::default()
         };
         let s = ScalingSpec::new(&a, &cfg);
-        assert_eq!((s.min, s.max), (5, 5), "JCloud's cap of 5 wins, and min follows");
+        assert_eq!(
+            (s.min, s.max),
+            (5, 5),
+            "JCloud's cap of 5 wins, and min follows"
+        );
         let cpu = Autoscale {
             min: 0,
             metric: Metric::Cpu,
             ..Autoscale::default()
         };
-        assert_eq!(ScalingSpec::new(&cpu, &cfg).min, 1, "HPA min is forced to 1");
+        assert_eq!(
+            ScalingSpec::new(&cpu, &cfg).min,
+            1,
+            "HPA min is forced to 1"
+        );
         let unbounded = AutoscalerConfig {
             max_replicas_cap: 0,
             ..cfg.clone()

@@ -84,11 +84,7 @@ impl Window {
         // The current second is still being reported: until a report lands in it, the span ends
         // at the second before, so a tick that runs just ahead of the reporters does not read a
         // missing report as a 0.
-        let end = if now_i <= last {
-            now_i
-        } else {
-            now_i - 1
-        };
+        let end = if now_i <= last { now_i } else { now_i - 1 };
         if end < self.first {
             return 0.0;
         }
@@ -106,6 +102,7 @@ fn seconds_ceil(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build their Instants from one `now`
 mod tests {
     use super::*;
 
@@ -145,7 +142,10 @@ mod tests {
         let mut w = Window::new(t0, 6 * S);
         w.record(t0 + S, 2.0);
         w.record(t0 + S + Duration::from_millis(300), 3.0);
-        assert!(close(w.average(t0 + S + Duration::from_millis(900), 6 * S), 5.0));
+        assert!(close(
+            w.average(t0 + S + Duration::from_millis(900), 6 * S),
+            5.0
+        ));
     }
 
     #[test]
@@ -156,7 +156,10 @@ mod tests {
             w.record(t0 + s * S, 10.0);
         }
         // At 6.5 s nobody has reported for second 6 yet: the span is seconds 1..=5.
-        assert!(close(w.average(t0 + 6 * S + Duration::from_millis(500), 6 * S), 10.0));
+        assert!(close(
+            w.average(t0 + 6 * S + Duration::from_millis(500), 6 * S),
+            10.0
+        ));
         // At 8 s, second 6 and 7 are true gaps.
         assert!(close(w.average(t0 + 8 * S, 6 * S), 40.0 / 6.0));
     }

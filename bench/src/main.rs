@@ -54,6 +54,14 @@ struct Args {
     /// Do not measure Jina's Python gateway.
     #[arg(long)]
     skip_jina: bool,
+    /// Run plain `jina gateway`, without the start-up patch that lets it accept an Executor
+    /// whose endpoint discovery carries no document schemas (see src/jina_gateway.py).
+    #[arg(long)]
+    jina_unpatched: bool,
+    /// Only load this already running gRPC endpoint (e.g. `http://127.0.0.1:PORT`) and start
+    /// nothing: for profiling a server by hand.
+    #[arg(long)]
+    url: Option<String>,
     /// Also write the markdown table and ratios to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -126,6 +134,15 @@ async fn shutdown_signal() {
 
 /// Runs every setup; true when every answer was right.
 async fn run(args: &Args) -> Result<bool> {
+    if let Some(url) = &args.url {
+        let r = load::run(url, &load_config(args), &|| Duration::ZERO).await?;
+        let rows = [Row {
+            label: "given --url",
+            result: r,
+        }];
+        println!("{}", report(&rows, &load_config(args)));
+        return Ok(rows[0].result.errors == 0);
+    }
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?
@@ -140,15 +157,7 @@ async fn run(args: &Args) -> Result<bool> {
     } else {
         Some(find_jina(args.jina.as_deref())?)
     };
-    let cfg = LoadConfig {
-        concurrency: args.concurrency,
-        channels: args
-            .channels
-            .unwrap_or(args.concurrency.div_ceil(4))
-            .clamp(1, args.concurrency),
-        warmup: args.warmup,
-        requests: args.requests,
-    };
+    let cfg = load_config(args);
     let tmp = TempDir::new()?;
     eprintln!(
         "zeroflow-bench: scenario warm, concurrency {}, {} HTTP/2 connections, {} requests \
@@ -180,7 +189,7 @@ async fn run(args: &Args) -> Result<bool> {
     if let Some(jina) = &jina {
         rows.push(Row {
             label: "Jina: `jina gateway` (Python) → executor",
-            result: jina_gateway(jina, &executor, tmp.path(), &cfg).await?,
+            result: jina_gateway(jina, args.jina_unpatched, &executor, tmp.path(), &cfg).await?,
         });
     }
 
@@ -204,6 +213,18 @@ async fn run(args: &Args) -> Result<bool> {
     Ok(all_ok)
 }
 
+fn load_config(args: &Args) -> LoadConfig {
+    LoadConfig {
+        concurrency: args.concurrency,
+        channels: args
+            .channels
+            .unwrap_or(args.concurrency.div_ceil(4))
+            .clamp(1, args.concurrency),
+        warmup: args.warmup,
+        requests: args.requests,
+    }
+}
+
 fn find_bin(dir: &Path, name: &str) -> Result<PathBuf> {
     let p = dir.join(name);
     if !p.is_file() {
@@ -216,19 +237,24 @@ fn find_bin(dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 fn find_jina(given: Option<&Path>) -> Result<PathBuf> {
+    let on_path = |name: &Path| {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    };
     if let Some(p) = given {
-        return Ok(p.to_path_buf());
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        return on_path(p).with_context(|| format!("--jina {}: no such file", p.display()));
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/jina");
     if venv.is_file() {
         return Ok(venv);
     }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("jina"))
-        .find(|p| p.is_file());
-    on_path.context(
+    on_path(Path::new("jina")).context(
         "no `jina` found (neither .venv/bin/jina nor on PATH): run scripts/setup-python.sh, pass \
          --jina, or --skip-jina",
     )
@@ -348,6 +374,7 @@ async fn zeroflow(
 /// (c) Jina's Python gateway in front of a separately started Rust Executor.
 async fn jina_gateway(
     jina: &Path,
+    unpatched: bool,
     executor: &Path,
     dir: &Path,
     cfg: &LoadConfig,
@@ -361,7 +388,13 @@ async fn jina_gateway(
     )
     .await?;
     let port = free_port()?;
-    let mut cmd = Command::new(jina);
+    let mut cmd = if unpatched {
+        Command::new(jina)
+    } else {
+        let mut c = Command::new(python_of(jina)?);
+        c.arg("-c").arg(JINA_GATEWAY_LAUNCHER);
+        c
+    };
     cmd.args(["gateway", "--port", &port.to_string()])
         .args([
             "--graph-description",
@@ -387,6 +420,29 @@ async fn jina_gateway(
     let r = load::run(&url, cfg, &cpu).await?;
     eprintln!("    {:.0} req/s", r.rps());
     Ok(r)
+}
+
+/// `jina gateway`, patched at start-up only: jina 3.34's gateway crashes (KeyError
+/// '_jina_dry_run_') on an Executor whose discovery has no schemas, as zeroflow-test-executor's.
+const JINA_GATEWAY_LAUNCHER: &str = include_str!("jina_gateway.py");
+
+/// The Python interpreter of a `jina` console script: its `#!` line, else `python` beside it.
+fn python_of(jina: &Path) -> Result<PathBuf> {
+    let text = std::fs::read(jina).with_context(|| format!("read {}", jina.display()))?;
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    if let Some(shebang) = std::str::from_utf8(first)
+        .ok()
+        .and_then(|l| l.strip_prefix("#!"))
+        .and_then(|l| l.split_whitespace().next())
+        .filter(|p| !p.ends_with("/env"))
+    {
+        return Ok(PathBuf::from(shebang));
+    }
+    let beside = jina.with_file_name("python");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    Ok(PathBuf::from("python3"))
 }
 
 /// Polls gRPC health (service "") until SERVING, failing early if the process exits.
@@ -451,6 +507,8 @@ fn report(rows: &[Row], cfg: &LoadConfig) -> String {
         "p50 ms",
         "p90 ms",
         "p99 ms",
+        "p99.9 ms",
+        "max ms",
         "server CPU µs/req",
         "client CPU µs/req",
         "errors",
@@ -464,6 +522,8 @@ fn report(rows: &[Row], cfg: &LoadConfig) -> String {
             format!("{:.3}", x.quantile_us(0.50) / 1000.0),
             format!("{:.3}", x.quantile_us(0.90) / 1000.0),
             format!("{:.3}", x.quantile_us(0.99) / 1000.0),
+            format!("{:.3}", x.quantile_us(0.999) / 1000.0),
+            format!("{:.3}", x.hist.max() as f64 / 1e6),
             format!("{:.0}", LoadResult::cpu_per_req_us(x.server_cpu, x.ok)),
             format!("{:.0}", LoadResult::cpu_per_req_us(x.client_cpu, x.ok)),
             x.errors.to_string(),

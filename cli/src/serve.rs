@@ -12,6 +12,7 @@ use zeroflow_spec::{Protocol, Source};
 const EX_DATAERR: i32 = 65;
 const EX_UNAVAILABLE: i32 = 69;
 const EX_NOINPUT: i32 = 66;
+const EX_USAGE: i32 = 64;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -29,6 +30,10 @@ pub struct ServeArgs {
     /// How long a replica may take to start serving.
     #[arg(long, default_value = "600", value_name = "SECONDS")]
     pub startup_timeout: u64,
+    /// Server-level autoscaler setting, Knative's key and value (repeatable), e.g.
+    /// `--autoscaler scale-to-zero-grace-period=30s --autoscaler panic-threshold-percentage=200`.
+    #[arg(long = "autoscaler", value_name = "KEY=VALUE")]
+    pub autoscaler: Vec<String>,
     /// How long a replica may take to finish its in-flight requests when stopping.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub drain_timeout: u64,
@@ -104,6 +109,13 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let flow = match load(&args.path) {
         Ok(f) => f,
         Err(code) => return code,
+    };
+    let autoscaler_config = match zeroflow_platform::scaling::config_from_pairs(&args.autoscaler) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: --autoscaler: {e}");
+            return EX_USAGE;
+        }
     };
     let flow_dir = std::fs::canonicalize(&args.path)
         .ok()
@@ -188,8 +200,12 @@ pub async fn serve(args: ServeArgs) -> i32 {
         return EX_UNAVAILABLE;
     }
     gateway.discover_endpoints().await;
-    let autoscaling =
-        zeroflow_platform::scaling::start(&flow, runtime.clone(), &mut registry.lock());
+    let autoscaling = zeroflow_platform::scaling::start(
+        &flow,
+        runtime.clone(),
+        autoscaler_config,
+        &mut registry.lock(),
+    );
 
     if let Some(port) = args.metrics_port {
         let gw = gateway.clone();

@@ -73,6 +73,10 @@ pub struct State {
     idle: Notify,
     pub metrics: Metrics,
     startup_timeout: Duration,
+    /// Process group of the Executor (0 until started), for CPU and memory samples.
+    child_group: std::sync::atomic::AtomicI32,
+    /// CPU ticks of the group at the last report.
+    last_cpu_ticks: Mutex<Option<(u64, Instant)>>,
 }
 
 impl State {
@@ -134,7 +138,23 @@ impl State {
     }
 
     fn close_period(&self) {
-        let stat = self.meter.lock().report(Instant::now(), &self.replica);
+        let now = Instant::now();
+        let mut stat = self.meter.lock().report(now, &self.replica);
+        let group = self.child_group.load(Ordering::Relaxed);
+        if group > 0
+            && let Some((ticks, rss)) = sample_group(group)
+        {
+            let mut last = self.last_cpu_ticks.lock();
+            if let Some((t0, at)) = *last {
+                let secs = now.saturating_duration_since(at).as_secs_f64();
+                if secs > 0.0 {
+                    let used = ticks.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_SECOND;
+                    stat.cpu_percent = Some(100.0 * used / secs);
+                }
+            }
+            *last = Some((ticks, now));
+            stat.memory_mib = Some(rss as f64 / (1024.0 * 1024.0));
+        }
         self.metrics.observe_stat(&stat);
         *self.last_stat.lock() = stat;
     }
@@ -194,6 +214,8 @@ impl Shim {
             idle: Notify::new(),
             metrics: Metrics::new(&config.executor, &config.replica),
             startup_timeout: config.startup_timeout,
+            child_group: std::sync::atomic::AtomicI32::new(0),
+            last_cpu_ticks: Mutex::new(None),
         });
         let mut config = config;
         config.child_port = Some(child_port);
@@ -258,6 +280,7 @@ impl Shim {
         });
 
         let mut child = child::Child::spawn(&config.command, child_port, &config.replica)?;
+        state.child_group.store(child.pid(), Ordering::Relaxed);
         tracing::info!(
             executor = %config.executor, replica = %config.replica, pid = child.pid(),
             child_port, %grpc_addr, %admin_addr, "started executor"
@@ -398,6 +421,39 @@ pub async fn wait_child_serving(
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// Linux reports CPU time in clock ticks of 1/100 s on every platform Zeroflow runs on.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU ticks (user + system) and resident bytes of every process in a process group, from
+/// /proc: the Executor may be a parent and workers (jina without `--native`).
+fn sample_group(pgid: i32) -> Option<(u64, u64)> {
+    let mut ticks = 0u64;
+    let mut rss_pages = 0u64;
+    let mut found = false;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) start at ")".
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // f[0] is state (field 3); pgrp is field 5, utime 14, stime 15, rss 24.
+        if f.len() < 22 || f[2].parse::<i32>().ok() != Some(pgid) {
+            continue;
+        }
+        found = true;
+        ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        rss_pages += f[21].parse::<u64>().unwrap_or(0);
+    }
+    found.then_some((ticks, rss_pages * 4096))
 }
 
 fn free_port() -> std::io::Result<u16> {

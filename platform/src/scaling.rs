@@ -1,9 +1,25 @@
 //! Wires the autoscaler to the local runtime: scrapes every ready replica's `/stats` each second,
-//! adds the activator's own stat, forwards cold pokes, and applies decisions by scaling.
+//! adds the activator's own stat per Executor, forwards cold pokes (a poke decides at once), and
+//! applies decisions by scaling the runtime. Only Executors with `jcloud.autoscale` take part;
+//! the others keep their fixed `replicas`.
 
-use crate::local::LocalRuntime;
+use crate::local::{LocalRuntime, fetch_stats};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
+use zeroflow_autoscaler::{
+    Autoscaler, AutoscalerConfig, Decision, ResourceSample, Scaler, ScalingSpec,
+};
 use zeroflow_spec::Flow;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExecutorLabel {
+    executor: String,
+}
 
 /// Stops the scaling tasks when dropped.
 pub struct ScalingHandle {
@@ -18,10 +34,160 @@ impl Drop for ScalingHandle {
     }
 }
 
+struct RuntimeScaler {
+    runtime: Arc<LocalRuntime>,
+    desired: Family<ExecutorLabel, Gauge>,
+    panic: Family<ExecutorLabel, Gauge>,
+}
+
+#[async_trait::async_trait]
+impl Scaler for RuntimeScaler {
+    async fn scale(&self, executor: &str, desired: u32, decision: &Decision) {
+        let label = ExecutorLabel {
+            executor: executor.to_string(),
+        };
+        self.desired.get_or_create(&label).set(i64::from(desired));
+        self.panic
+            .get_or_create(&label)
+            .set(i64::from(decision.panic));
+        self.runtime.scale(executor, desired);
+    }
+
+    fn ready_replicas(&self, executor: &str) -> u32 {
+        self.runtime.ready_replicas(executor)
+    }
+}
+
+/// Server-level autoscaler settings from Knative-style `key=value` pairs (e.g.
+/// `scale-to-zero-grace-period=1s`), validated.
+pub fn config_from_pairs(pairs: &[String]) -> Result<AutoscalerConfig, String> {
+    let mut map = BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p.split_once('=').ok_or_else(|| {
+            format!("autoscaler setting {p:?} is not KEY=VALUE (e.g. stable-window=60s)")
+        })?;
+        map.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let cfg = AutoscalerConfig::from_knative_map(&map).map_err(|e| e.to_string())?;
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+/// Starts scaling every autoscaled Executor of `flow`. `initial(e)` is what the runtime started
+/// it with.
 pub fn start(
-    _flow: &Flow,
-    _runtime: Arc<LocalRuntime>,
-    _registry: &mut prometheus_client::registry::Registry,
+    flow: &Flow,
+    runtime: Arc<LocalRuntime>,
+    cfg: AutoscalerConfig,
+    registry: &mut Registry,
 ) -> ScalingHandle {
-    ScalingHandle { tasks: vec![] }
+    let now = tokio::time::Instant::now();
+    let mut autoscaler = Autoscaler::new(cfg);
+    let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shards = runtime.shards();
+    let mut scaled = vec![];
+    for e in flow.executors.iter().filter(|e| e.jcloud.autoscale_set) {
+        let spec = ScalingSpec::new(&e.jcloud.autoscale, autoscaler.config());
+        autoscaler.add_executor(&e.name, spec, now, runtime.desired(&e.name));
+        for set in shards.get(&e.name).into_iter().flatten() {
+            set.set_poker(poke_tx.clone());
+        }
+        scaled.push(e.name.clone());
+    }
+    let desired = Family::<ExecutorLabel, Gauge>::default();
+    let panic = Family::<ExecutorLabel, Gauge>::default();
+    let r = registry.sub_registry_with_prefix("zeroflow_autoscaler");
+    r.register(
+        "desired_replicas",
+        "Replicas the autoscaler wants",
+        desired.clone(),
+    );
+    r.register(
+        "panic_mode",
+        "1 while the Executor's decider is in panic mode",
+        panic.clone(),
+    );
+    for name in &scaled {
+        let label = ExecutorLabel {
+            executor: name.clone(),
+        };
+        desired
+            .get_or_create(&label)
+            .set(i64::from(runtime.desired(name)));
+        panic.get_or_create(&label).set(0);
+    }
+    let autoscaler = Arc::new(parking_lot::Mutex::new(autoscaler));
+    let scaler: Arc<dyn Scaler> = Arc::new(RuntimeScaler {
+        runtime: runtime.clone(),
+        desired,
+        panic,
+    });
+    let driver = tokio::spawn(zeroflow_autoscaler::run(
+        autoscaler.clone(),
+        scaler,
+        poke_rx,
+    ));
+    let scraper = tokio::spawn(scrape_loop(autoscaler, runtime, shards, scaled, poke_tx));
+    ScalingHandle {
+        tasks: vec![driver, scraper],
+    }
+}
+
+async fn scrape_loop(
+    autoscaler: Arc<parking_lot::Mutex<Autoscaler>>,
+    runtime: Arc<LocalRuntime>,
+    shards: std::collections::HashMap<String, Vec<Arc<zeroflow_activator::ReplicaSet>>>,
+    scaled: Vec<String>,
+    pokes: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let targets: Vec<_> = runtime
+            .stats_targets()
+            .into_iter()
+            .filter(|(e, _)| scaled.contains(e))
+            .collect();
+        let stats = futures::future::join_all(
+            targets
+                .into_iter()
+                .map(|(e, admin)| async move { (e, fetch_stats(&admin).await) }),
+        )
+        .await;
+        let now = tokio::time::Instant::now();
+        let mut to_poke = vec![];
+        {
+            let mut a = autoscaler.lock();
+            for (e, stat) in stats {
+                if let Some(stat) = stat {
+                    if a.record_stat(&e, &stat, now) {
+                        to_poke.push(e.clone());
+                    }
+                    if stat.cpu_percent.is_some() || stat.memory_mib.is_some() {
+                        a.record_resources(
+                            &e,
+                            &ResourceSample {
+                                pod: stat.pod.clone(),
+                                cpu_percent: stat.cpu_percent.unwrap_or(0.0),
+                                memory_mib: stat.memory_mib.unwrap_or(0.0),
+                            },
+                            now,
+                        );
+                    }
+                }
+            }
+            for name in &scaled {
+                for set in shards.get(name).into_iter().flatten() {
+                    let stat = set.report(now);
+                    if a.record_stat(name, &stat, now) {
+                        to_poke.push(name.clone());
+                    }
+                }
+            }
+        }
+        for e in to_poke {
+            let _ = pokes.send(e);
+        }
+    }
 }
