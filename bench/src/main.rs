@@ -344,11 +344,17 @@ async fn zeroflow(
                 printed.join("\n")
             )
         })?;
-    // `  replica    ID    pid PID    ADDR`: the shim's own gRPC address.
+    // The shim's own gRPC address: older `jc` printed `  replica  ID  pid PID  ADDR`; the shim
+    // logs `grpc_addr=ADDR` (on jc's stderr, in our log file).
+    let log = std::fs::read_to_string(&jc.log).unwrap_or_default();
     let shim = printed
         .iter()
         .filter(|l| l.trim_start().starts_with("replica"))
         .filter_map(|l| l.split_whitespace().last())
+        .chain(
+            log.split_whitespace()
+                .filter_map(|w| w.strip_prefix("grpc_addr=")),
+        )
         .map(|a| format!("http://{}", a.trim_start_matches("grpc://")))
         .next();
     wait_serving(&gateway, &mut jc, Duration::from_secs(30)).await?;
@@ -364,7 +370,9 @@ async fn zeroflow(
             Some(s)
         }
         None => {
-            eprintln!("    (no replica address in jc's output: skipping the shim-only breakdown)");
+            eprintln!(
+                "    (no shim address in jc's output or log: skipping the shim-only breakdown)"
+            );
             None
         }
     };
