@@ -2,6 +2,7 @@
 //! the `spec`, `platform` and `gateway` crates.
 
 mod serve;
+mod server_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,9 @@ enum Top {
         #[command(subcommand)]
         command: FlowCmd,
     },
+    /// Run the whole platform on this machine: the JCloud-compatible REST API, and the gateways,
+    /// activator and autoscaler of every Flow.
+    Server(server_cmd::ServerArgs),
 }
 
 #[derive(Subcommand)]
@@ -57,6 +61,7 @@ fn main() {
                 FlowCmd::Serve(args) => serve::serve(args).await,
                 FlowCmd::Validate { path } => serve::validate(&path),
             },
+            Top::Server(args) => server_cmd::run(args).await,
         }
     });
     std::process::exit(code);
