@@ -137,13 +137,23 @@ impl State {
         s
     }
 
-    fn close_period(&self) {
+    /// Samples the Executor's CPU and memory off the request thread: reading /proc takes
+    /// milliseconds, which a single-threaded shim must not spend between requests.
+    async fn sample(&self) -> Option<(u64, u64)> {
+        let group = self.child_group.load(Ordering::Relaxed);
+        if group <= 0 {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || sample_group(group))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn close_period(&self, sample: Option<(u64, u64)>) {
         let now = Instant::now();
         let mut stat = self.meter.lock().report(now, &self.replica);
-        let group = self.child_group.load(Ordering::Relaxed);
-        if group > 0
-            && let Some((ticks, rss)) = sample_group(group)
-        {
+        if let Some((ticks, rss)) = sample {
             let mut last = self.last_cpu_ticks.lock();
             if let Some((t0, at)) = *last {
                 let secs = now.saturating_duration_since(at).as_secs_f64();
@@ -256,7 +266,9 @@ impl Shim {
                 .tcp_nodelay(true)
                 .add_routes(tonic::service::Routes::from(router))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    // Per accepted socket (the builder's tcp_nodelay misses a passed-in
+                    // listener); without it Nagle adds ~40 ms stalls to small answers.
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                     async {
                         let _ = stop_server_rx.await;
                     },
@@ -274,7 +286,8 @@ impl Shim {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    state.close_period();
+                    let sample = state.sample().await;
+                    state.close_period(sample);
                 }
             }
         });

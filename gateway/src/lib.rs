@@ -166,7 +166,10 @@ pub async fn serve(
                         .http2_keepalive_interval(Some(Duration::from_secs(30)))
                         .add_routes(routes)
                         .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(listener),
+                            // Set per accepted socket: the builder's tcp_nodelay does not reach
+                            // sockets from an existing listener, and Nagle adds ~40 ms stalls.
+                            tonic::transport::server::TcpIncoming::from(listener)
+                                .with_nodelay(Some(true)),
                             stop,
                         )
                         .await
@@ -181,6 +184,11 @@ pub async fn serve(
                 }
                 let app = http::router(gw.clone());
                 tasks.push(tokio::spawn(async move {
+                    use axum::serve::ListenerExt;
+                    // Small JSON answers must not wait on Nagle's algorithm.
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     axum::serve(listener, app)
                         .with_graceful_shutdown(stop)
                         .await
