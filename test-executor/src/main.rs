@@ -165,12 +165,41 @@ impl de::JinaDiscoverEndpointsRpc for Svc {
         let mut endpoints = vec!["/default".to_string()];
         endpoints.extend(self.0.args.endpoints.iter().cloned());
         endpoints.push(zeroflow_proto::DRY_RUN_ENDPOINT.to_string());
+        // jina's gateway builds its models from these schemas at start-up and refuses an
+        // Executor without them; this is what jina reports for an endpoint without type hints
+        // (LegacyDocument in and out), captured from jina 3.34.
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("endpoint_schema.json")).unwrap_or_default();
+        let mut schemas = prost_types::Struct::default();
+        for e in &endpoints {
+            schemas.fields.insert(e.clone(), json_to_value(&schema));
+        }
         Ok(Response::new(EndpointsProto {
             endpoints,
             write_endpoints: vec![],
-            schemas: None,
+            schemas: Some(schemas),
         }))
     }
+}
+
+fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(m) => Kind::StructValue(prost_types::Struct {
+            fields: m
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 #[tonic::async_trait]

@@ -244,23 +244,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn a_real_jina_gateway_fronts_the_shim_wrapping_a_real_jina_executor() {
-    let config = workspace_root().join("tests/python/executors/appender.yml");
-    let mut shim = start_shim(
-        &[],
-        &[
-            "jina",
-            "executor",
-            "--uses",
-            config.to_str().expect("utf8"),
-            "--name",
-            "exec",
-            "--port",
-            "{port}",
-            "--native",
-        ],
-    );
+/// A real `jina gateway` in front of a shim wrapping `command`; `check` runs the client.
+fn jina_gateway_in_front_of(command: &[&str], check: &[&str]) {
+    let mut shim = start_shim(&[], command);
     let port = free_port();
     let gateway = Command::new(venv_bin().join("jina"))
         .args(["gateway", "--port", &port.to_string()])
@@ -281,15 +267,10 @@ fn a_real_jina_gateway_fronts_the_shim_wrapping_a_real_jina_executor() {
     wait_for("jina gateway port", Duration::from_secs(120), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
-    run_python(
-        "check_client.py",
-        &[
-            "single",
-            "--grpc",
-            &format!("grpc://127.0.0.1:{port}"),
-            "--suffix=-py",
-        ],
-    );
+    let url = format!("grpc://127.0.0.1:{port}");
+    let mut args: Vec<&str> = vec![check[0], "--grpc", &url];
+    args.extend_from_slice(&check[1..]);
+    run_python("check_client.py", &args);
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(gateway.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -305,4 +286,32 @@ fn a_real_jina_gateway_fronts_the_shim_wrapping_a_real_jina_executor() {
         child.try_wait().expect("wait")
     });
     assert!(status.success());
+}
+
+#[test]
+fn a_real_jina_gateway_fronts_the_shim_wrapping_a_real_jina_executor() {
+    let config = workspace_root().join("tests/python/executors/appender.yml");
+    jina_gateway_in_front_of(
+        &[
+            "jina",
+            "executor",
+            "--uses",
+            config.to_str().expect("utf8"),
+            "--name",
+            "exec",
+            "--port",
+            "{port}",
+            "--native",
+        ],
+        &["single", "--suffix=-py"],
+    );
+}
+
+#[test]
+fn a_real_jina_gateway_fronts_the_shim_wrapping_the_rust_test_executor() {
+    let exec = bin("zeroflow-test-executor");
+    jina_gateway_in_front_of(
+        &[exec.to_str().expect("utf8"), "--append=-rs"],
+        &["echo_text", "--suffix=-rs"],
+    );
 }
