@@ -197,7 +197,7 @@ async fn phase(
     Ok(result)
 }
 
-fn check(
+pub fn check(
     res: Result<tonic::Response<DataRequestProto>, tonic::Status>,
     sent: &str,
 ) -> Result<(), String> {
@@ -223,6 +223,6 @@ fn check(
 }
 
 /// Nanoseconds from 1 µs to 60 s, 3 significant digits.
-fn new_hist() -> Histogram<u64> {
+pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
 }

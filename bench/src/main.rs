@@ -6,13 +6,15 @@
 //!
 //! It starts every process it measures and stops them all on every exit path.
 
+mod cold;
+mod jc;
 mod load;
 mod procs;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use load::{LoadConfig, LoadResult};
-use procs::{Proc, Stop, TempDir, free_port, line_channel};
+use procs::{Proc, Stop, TempDir, free_port};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -28,11 +30,33 @@ const TARGET_SPEEDUP: f64 = 5.0;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// What to measure. Only `warm` (everything started and warmed up) exists now; `cold` (first
-    /// request to a scaled-to-zero Executor) and `burst` (a burst from zero) come with the
-    /// scale-to-zero issue.
+    /// What to measure: `warm` (everything started and warmed up), `cold` (the first request to
+    /// an Executor at zero replicas), `burst` (many concurrent requests to a Flow at zero), or
+    /// `all` (the three, in that order).
     #[arg(long, value_enum, default_value_t = Scenario::Warm)]
     scenario: Scenario,
+    /// cold: cold starts of the Rust test Executor.
+    #[arg(long, default_value_t = 20)]
+    cold_runs: usize,
+    /// cold: cold starts of the Python `jina executor` (0 = skip; also skipped by --skip-jina).
+    #[arg(long, default_value_t = 10)]
+    cold_runs_python: usize,
+    /// cold: how each cold start gets an Executor at zero: a fresh `jc flow serve` per run
+    /// (`fresh`), or one jc that scales back to zero between runs (`rezero`, ~8 s a run).
+    #[arg(long, value_enum, default_value_t = cold::ColdMode::Fresh)]
+    cold_mode: cold::ColdMode,
+    /// burst: requests sent at once to the cold Flow.
+    #[arg(long, default_value_t = 1000)]
+    burst: usize,
+    /// burst: the Executor's `jcloud.autoscale.max`.
+    #[arg(long, default_value_t = 5)]
+    burst_max: u32,
+    /// burst: HTTP/2 connections the burst is spread over.
+    #[arg(long, default_value_t = 16)]
+    burst_channels: usize,
+    /// burst: how many bursts (each to a fresh `jc flow serve`).
+    #[arg(long, default_value_t = 3)]
+    burst_runs: usize,
     /// Requests in flight at any time (one load task each).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -51,7 +75,8 @@ struct Args {
     /// The `jina` command; default: the workspace's `.venv/bin/jina`, else `jina` on PATH.
     #[arg(long)]
     jina: Option<PathBuf>,
-    /// Do not measure Jina's Python gateway.
+    /// Do not run anything that needs `jina`: Jina's Python gateway (warm) and the Python
+    /// Executor (cold).
     #[arg(long)]
     skip_jina: bool,
     /// Run plain `jina gateway`, without the start-up patch that lets it accept an Executor
@@ -62,7 +87,7 @@ struct Args {
     /// nothing: for profiling a server by hand.
     #[arg(long)]
     url: Option<String>,
-    /// Also write the markdown table and ratios to this file.
+    /// Also write the markdown tables and ratios to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
 }
@@ -71,10 +96,12 @@ struct Args {
 enum Scenario {
     /// Everything started and warmed up; steady load.
     Warm,
-    /// First request to a scaled-to-zero Executor (not implemented yet).
+    /// First request to a scaled-to-zero Executor, against the Executor's own start time.
     Cold,
-    /// A burst of requests arriving at zero replicas (not implemented yet).
+    /// Many concurrent requests arriving at zero replicas.
     Burst,
+    /// warm, cold and burst, one after the other.
+    All,
 }
 
 /// One measured setup.
@@ -85,16 +112,12 @@ struct Row {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.scenario != Scenario::Warm {
-        eprintln!(
-            "error: --scenario {:?} is not implemented yet: cold start and burst from zero come \
-             with the scale-to-zero issue; use --scenario warm",
-            args.scenario
-        );
-        return ExitCode::from(64);
-    }
     if args.concurrency == 0 || args.requests == 0 {
         eprintln!("error: --concurrency and --requests must be at least 1");
+        return ExitCode::from(64);
+    }
+    if args.burst == 0 || args.burst_max == 0 {
+        eprintln!("error: --burst and --burst-max must be at least 1");
         return ExitCode::from(64);
     }
     let rt = match tokio::runtime::Runtime::new() {
@@ -157,25 +180,84 @@ async fn run(args: &Args) -> Result<bool> {
     } else {
         Some(find_jina(args.jina.as_deref())?)
     };
-    let cfg = load_config(args);
     let tmp = TempDir::new()?;
+    let bins = cold::Bins {
+        jc,
+        executor,
+        jina,
+        dir: tmp.path().to_path_buf(),
+    };
     eprintln!(
-        "zeroflow-bench: scenario warm, concurrency {}, {} HTTP/2 connections, {} requests \
-         (+{} warm-up) per setup; binaries from {}",
-        cfg.concurrency,
-        cfg.channels,
-        cfg.requests,
-        cfg.warmup,
+        "zeroflow-bench: scenario {:?}; binaries from {}",
+        args.scenario,
         bin_dir.display()
     );
+    let (warm, cold, burst) = match args.scenario {
+        Scenario::Warm => (true, false, false),
+        Scenario::Cold => (false, true, false),
+        Scenario::Burst => (false, false, true),
+        Scenario::All => (true, true, true),
+    };
+    let mut all_ok = true;
+    let mut markdown = String::new();
+    // Each part is printed as soon as it is done, and the markdown file rewritten.
+    let mut emit = |part: String, ok: bool| -> Result<()> {
+        println!("{part}");
+        markdown.push_str(&part);
+        all_ok &= ok;
+        if let Some(path) = &args.markdown {
+            std::fs::write(path, &markdown)
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        Ok(())
+    };
+    if warm {
+        let (part, ok) = warm_scenario(args, &bins).await?;
+        emit(part, ok)?;
+    }
+    if cold {
+        let (part, ok) = cold::cold(
+            &bins,
+            &cold::ColdOptions {
+                runs_rust: args.cold_runs,
+                runs_python: args.cold_runs_python,
+                mode: args.cold_mode,
+            },
+        )
+        .await?;
+        emit(part, ok)?;
+    }
+    if burst {
+        let (part, ok) = cold::burst(
+            &bins,
+            &cold::BurstOptions {
+                requests: args.burst,
+                max: args.burst_max,
+                channels: args.burst_channels,
+                runs: args.burst_runs.max(1),
+            },
+        )
+        .await?;
+        emit(part, ok)?;
+    }
+    Ok(all_ok)
+}
 
+/// The warm scenario: direct, Zeroflow (gateway and shim alone), Jina's gateway.
+async fn warm_scenario(args: &Args, bins: &cold::Bins) -> Result<(String, bool)> {
+    let cfg = load_config(args);
+    let dir = bins.dir.as_path();
+    eprintln!(
+        "warm: concurrency {}, {} HTTP/2 connections, {} requests (+{} warm-up) per setup",
+        cfg.concurrency, cfg.channels, cfg.requests, cfg.warmup,
+    );
     let mut rows = vec![];
     // One setup at a time, each stopped before the next starts, so they never share the CPUs.
     rows.push(Row {
         label: "direct: client → executor",
-        result: direct(&executor, tmp.path(), &cfg).await?,
+        result: direct(&bins.executor, dir, &cfg).await?,
     });
-    let (gateway, shim) = zeroflow(&jc, tmp.path(), &cfg).await?;
+    let (gateway, shim) = zeroflow(&bins.jc, dir, &cfg).await?;
     rows.push(Row {
         label: "Zeroflow: `jc` gateway → shim → executor",
         result: gateway,
@@ -186,17 +268,11 @@ async fn run(args: &Args) -> Result<bool> {
             result: shim,
         });
     }
-    if let Some(jina) = &jina {
+    if let Some(jina) = &bins.jina {
         rows.push(Row {
             label: "Jina: `jina gateway` (Python) → executor",
-            result: jina_gateway(jina, args.jina_unpatched, &executor, tmp.path(), &cfg).await?,
+            result: jina_gateway(jina, args.jina_unpatched, &bins.executor, dir, &cfg).await?,
         });
-    }
-
-    let report = report(&rows, &cfg);
-    println!("{report}");
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, &report).with_context(|| format!("write {}", path.display()))?;
     }
     let mut all_ok = true;
     for r in &rows {
@@ -210,7 +286,7 @@ async fn run(args: &Args) -> Result<bool> {
             );
         }
     }
-    Ok(all_ok)
+    Ok((report(&rows, &cfg), all_ok))
 }
 
 fn load_config(args: &Args) -> LoadConfig {
@@ -293,61 +369,21 @@ async fn zeroflow(
     cfg: &LoadConfig,
 ) -> Result<(LoadResult, Option<LoadResult>)> {
     eprintln!("(b) Zeroflow: starting `jc flow serve`");
-    let flow = dir.join("flow.yml");
-    std::fs::write(
-        &flow,
+    let mut jc = jc::start(
+        jc,
+        dir,
+        "warm-flow",
         "jtype: Flow\nversion: '1'\nexecutors:\n  - name: exec\n    command: zeroflow-test-executor\n",
-    )?;
-    let port = free_port()?;
-    let mut cmd = Command::new(jc);
-    cmd.args(["flow", "serve"])
-        .arg(&flow)
-        .args(["--port", &port.to_string()]);
-    let mut jc = Proc::spawn(
-        "jc flow serve",
-        cmd,
-        dir.join("jc.log"),
-        Stop::InterruptLeader,
-        true,
-    )?;
-    let mut lines = line_channel(jc.take_stdout().context("jc stdout")?);
-    let mut printed = vec![];
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, lines.recv()).await {
-            Ok(Some(l)) => {
-                let done = l.starts_with("Press Ctrl-C");
-                printed.push(l);
-                if done {
-                    break;
-                }
-            }
-            Ok(None) | Err(_) => {
-                jc.check_running()?;
-                bail!(
-                    "jc flow serve did not print its endpoints within 120 s; stdout:\n{}\nlog:\n{}",
-                    printed.join("\n"),
-                    jc.log_tail()
-                );
-            }
-        }
-    }
-    let gateway = printed
-        .iter()
-        .flat_map(|l| l.split_whitespace())
-        .find_map(|w| w.strip_prefix("grpc://"))
-        .map(|a| format!("http://{a}"))
-        .with_context(|| {
-            format!(
-                "no grpc:// endpoint in jc's output:\n{}",
-                printed.join("\n")
-            )
-        })?;
+        &[],
+        &[],
+    )
+    .await?;
+    let gateway = jc.grpc.clone();
     // The shim's own gRPC address: older `jc` printed `  replica  ID  pid PID  ADDR`; the shim
     // logs `grpc_addr=ADDR` (on jc's stderr, in our log file).
-    let log = std::fs::read_to_string(&jc.log).unwrap_or_default();
-    let shim = printed
+    let log = jc.log_text();
+    let shim = jc
+        .printed
         .iter()
         .filter(|l| l.trim_start().starts_with("replica"))
         .filter_map(|l| l.split_whitespace().last())
@@ -357,7 +393,7 @@ async fn zeroflow(
         )
         .map(|a| format!("http://{}", a.trim_start_matches("grpc://")))
         .next();
-    wait_serving(&gateway, &mut jc, Duration::from_secs(30)).await?;
+    wait_serving(&gateway, &mut jc.proc, Duration::from_secs(30)).await?;
     let pid = jc.pid();
     // jc's tree: the gateway (jc itself), the shim and the Executor.
     let cpu = || procs::Proc::tree_cpu_of(pid);
@@ -537,45 +573,7 @@ fn report(rows: &[Row], cfg: &LoadConfig) -> String {
             x.errors.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for (i, r) in table.iter().enumerate() {
-        let cells: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(c, s)| {
-                let pad = widths[c] - s.chars().count();
-                if c == 0 {
-                    format!("{s}{}", " ".repeat(pad))
-                } else {
-                    format!("{}{s}", " ".repeat(pad))
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "| {} |", cells.join(" | "));
-        if i == 0 {
-            // `| cell |` spans width + 2 between the pipes; ':' on the right aligns numbers.
-            let rule: Vec<String> = widths
-                .iter()
-                .enumerate()
-                .map(|(c, w)| {
-                    if c == 0 {
-                        "-".repeat(w + 2)
-                    } else {
-                        format!("{}:", "-".repeat(w + 1))
-                    }
-                })
-                .collect();
-            let _ = writeln!(out, "|{}|", rule.join("|"));
-        }
-    }
+    out.push_str(&md_table(table));
 
     let find = |prefix: &str| rows.iter().find(|r| r.label.starts_with(prefix));
     let (direct, zf, shim, jina) = (
@@ -624,6 +622,52 @@ fn report(rows: &[Row], cfg: &LoadConfig) -> String {
     out
 }
 
-fn verdict(met: bool) -> &'static str {
+/// A markdown table, columns padded so it also reads as plain text: the first row is the header,
+/// the first column is left-aligned, the others (numbers) right-aligned.
+pub fn md_table(table: Vec<Vec<String>>) -> String {
+    let mut out = String::new();
+    let cols = table.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for (i, r) in table.iter().enumerate() {
+        let cells: Vec<String> = (0..cols)
+            .map(|c| {
+                let s = r.get(c).map_or("", String::as_str);
+                let pad = widths[c] - s.chars().count();
+                if c == 0 {
+                    format!("{s}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{s}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+        if i == 0 {
+            // `| cell |` spans width + 2 between the pipes; ':' on the right aligns numbers.
+            let rule: Vec<String> = widths
+                .iter()
+                .enumerate()
+                .map(|(c, w)| {
+                    if c == 0 {
+                        "-".repeat(w + 2)
+                    } else {
+                        format!("{}:", "-".repeat(w + 1))
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "|{}|", rule.join("|"));
+        }
+    }
+    out
+}
+
+pub fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }

@@ -161,19 +161,39 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Reads `stdout` lines on a thread and hands them over a channel, so the reader can apply a
-/// deadline and the child never blocks on a full pipe.
+/// Reads `stdout` lines on a thread and hands them over a channel, each with the instant it was
+/// read (the cold-start breakdown times jc's events by it), so the reader can apply a deadline
+/// and the child never blocks on a full pipe.
 pub fn line_channel(
     stdout: std::process::ChildStdout,
-) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, String)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             // After the endpoints are read nobody listens: keep draining anyway.
-            let _ = tx.send(line);
+            let _ = tx.send((Instant::now(), line));
         }
     });
     rx
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`, ...) in bytes; None once the process is
+/// gone.
+pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+/// Resident memory of `pid` and all its descendants, in bytes.
+pub fn tree_rss(pid: u32) -> u64 {
+    std::iter::once(pid)
+        .chain(descendants(pid))
+        .filter_map(|p| status_bytes(p, "VmRSS"))
+        .sum()
 }
 
 /// user + system CPU time of one process, from /proc/PID/stat (fields 14 and 15, in USER_HZ
@@ -194,7 +214,7 @@ pub fn proc_cpu(pid: u32) -> Duration {
 }
 
 /// All descendants of `pid`, from /proc.
-fn descendants(pid: u32) -> Vec<u32> {
+pub fn descendants(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };

@@ -5,3 +5,4 @@
 pub mod artifacts;
 pub mod local;
 pub mod scaling;
+pub mod server;

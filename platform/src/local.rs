@@ -3,7 +3,7 @@
 //! the Executor serves, so nothing here polls.
 
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -196,6 +196,64 @@ fn resolve(dir: &Path, p: &str) -> String {
 
 const TAIL: usize = 40;
 
+/// Lines kept per replica in a [`LogBook`], and replicas remembered after they stop (so the logs
+/// of a crashed replica can still be read).
+const LOG_LINES: usize = 1000;
+const LOG_REPLICAS: usize = 64;
+
+/// Every replica's output (the shim's stdout and stderr), by replica id, for `logs` requests.
+/// Bounded: the last [`LOG_LINES`] lines of the last [`LOG_REPLICAS`] replicas.
+#[derive(Clone, Default)]
+pub struct LogBook {
+    inner: Arc<Mutex<LogBookInner>>,
+}
+
+#[derive(Default)]
+struct LogBookInner {
+    /// replica id -> (executor, lines)
+    replicas: BTreeMap<String, (String, VecDeque<String>)>,
+    /// Replica ids in the order they first logged, to forget the oldest.
+    order: VecDeque<String>,
+}
+
+impl LogBook {
+    pub fn push(&self, executor: &str, replica: &str, line: &str) {
+        let mut b = self.inner.lock();
+        if !b.replicas.contains_key(replica) {
+            if b.order.len() == LOG_REPLICAS
+                && let Some(old) = b.order.pop_front()
+            {
+                b.replicas.remove(&old);
+            }
+            b.order.push_back(replica.to_string());
+            b.replicas
+                .insert(replica.to_string(), (executor.to_string(), VecDeque::new()));
+        }
+        if let Some((_, lines)) = b.replicas.get_mut(replica) {
+            if lines.len() == LOG_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line.to_string());
+        }
+    }
+
+    /// replica id -> its output, for one Executor (or all with None).
+    pub fn snapshot(&self, executor: Option<&str>) -> BTreeMap<String, String> {
+        self.inner
+            .lock()
+            .replicas
+            .iter()
+            .filter(|(_, (e, _))| executor.is_none_or(|x| x == e))
+            .map(|(id, (_, lines))| {
+                (
+                    id.clone(),
+                    lines.iter().cloned().collect::<Vec<_>>().join("\n"),
+                )
+            })
+            .collect()
+    }
+}
+
 /// A running replica: a shim process and the addresses it reported.
 pub struct ReplicaProcess {
     pub executor: String,
@@ -257,6 +315,16 @@ pub async fn start_replica(
     replica_id: &str,
     opts: &LocalOptions,
 ) -> Result<ReplicaProcess, RuntimeError> {
+    start_replica_logged(exec, replica_id, opts, None).await
+}
+
+/// [`start_replica`], also copying every output line into `logs`.
+pub async fn start_replica_logged(
+    exec: &Executor,
+    replica_id: &str,
+    opts: &LocalOptions,
+    logs: Option<LogBook>,
+) -> Result<ReplicaProcess, RuntimeError> {
     let cmd = executor_command(exec, opts)?;
     let mut shim = Command::new(&opts.shim);
     shim.arg("--executor")
@@ -288,10 +356,15 @@ pub async fn start_replica(
     let stderr = child.stderr.take().expect("piped");
     {
         let tail = tail.clone();
+        let logs = logs.clone();
+        let (executor, replica) = (exec.name.clone(), replica_id.to_string());
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("{line}");
+                if let Some(l) = &logs {
+                    l.push(&executor, &replica, &line);
+                }
                 push_tail(&tail, line);
             }
         });
@@ -299,6 +372,7 @@ pub async fn start_replica(
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
     {
         let tail = tail.clone();
+        let (executor, replica) = (exec.name.clone(), replica_id.to_string());
         tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let mut lines = BufReader::new(stdout).lines();
@@ -310,6 +384,9 @@ pub async fn start_replica(
                     continue;
                 }
                 println!("{line}");
+                if let Some(l) = &logs {
+                    l.push(&executor, &replica, &line);
+                }
                 push_tail(&tail, line);
             }
         });
@@ -442,6 +519,7 @@ struct ExecRuntime {
     slots: Mutex<Vec<Slot>>,
     next_id: std::sync::atomic::AtomicU64,
     failed: Mutex<Option<String>>,
+    logs: LogBook,
 }
 
 /// Runs a Flow's Executors as shim processes and scales each to the replica count it is told.
@@ -450,6 +528,7 @@ pub struct LocalRuntime {
     execs: Vec<Arc<ExecRuntime>>,
     events: tokio::sync::broadcast::Sender<RuntimeEvent>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    logs: LogBook,
 }
 
 impl LocalRuntime {
@@ -462,6 +541,7 @@ impl LocalRuntime {
         metrics: Option<zeroflow_activator::ActivatorMetrics>,
     ) -> Result<Self, RuntimeError> {
         let mut execs = vec![];
+        let logs = LogBook::default();
         for exec in &flow.executors {
             executor_command(exec, &opts)?;
             let sets = (0..exec.shards)
@@ -482,6 +562,7 @@ impl LocalRuntime {
                 slots: Mutex::new(vec![]),
                 next_id: std::sync::atomic::AtomicU64::new(0),
                 failed: Mutex::new(None),
+                logs: logs.clone(),
             }));
         }
         let (events, _) = tokio::sync::broadcast::channel(1024);
@@ -490,7 +571,14 @@ impl LocalRuntime {
             execs,
             events,
             tasks: Mutex::new(vec![]),
+            logs,
         })
+    }
+
+    /// Output of every replica (running or recently stopped) by replica id, for one Executor
+    /// or, with None, for all.
+    pub fn logs(&self, executor: Option<&str>) -> BTreeMap<String, String> {
+        self.logs.snapshot(executor)
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
@@ -763,7 +851,7 @@ async fn run_replica(
 ) {
     let started = tokio::time::Instant::now();
     let proc = tokio::select! {
-        p = start_replica(&rt.exec, &id, &opts) => p,
+        p = start_replica_logged(&rt.exec, &id, &opts, Some(rt.logs.clone())) => p,
         // Dropping the half-started process kills its shim (kill_on_drop); the Executor
         // follows through its parent-death signal.
         _ = &mut stop => { let _ = ended.send((id, ReplicaEnd::Stopped)); return; }

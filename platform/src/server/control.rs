@@ -1,0 +1,642 @@
+//! The control plane's heart: Flows and Deployments as records in the [`Store`] plus, for those
+//! that should run, a [`RunningFlow`]. Every change is written to the store first (what the user
+//! asked for, and the phase that shows it), then carried out by a background task, so the API
+//! answers at once and a restarted server can pick up where it stopped. Tasks of one Flow are
+//! serialised, and a newer request cancels an older one still starting.
+
+use super::ServerConfig;
+use super::flows::{FlowError, RunningFlow, bind_listeners, scheme};
+use super::names;
+use super::resolver::{ExecutorResolver, resolve_flow};
+use super::store::{Desired, FlowRecord, Kind, Phase, Store, StoreError};
+use crate::local::{LocalOptions, LocalRuntime};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use zeroflow_spec::{Flow, Source};
+
+/// Lines of lifecycle events kept per Flow (served as the gateway's log).
+const EVENT_LINES: usize = 500;
+
+/// A Flow spec that cannot be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecRejected {
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("{0}")]
+    Unrunnable(String),
+}
+
+/// The per-Flow runtime side: the running Flow (if any), the generation of the latest request,
+/// and the Flow's event log.
+struct FlowCell {
+    /// Bumped by every lifecycle request; a task whose generation is stale gives up.
+    generation: tokio::sync::watch::Sender<u64>,
+    running: tokio::sync::Mutex<Option<RunningFlow>>,
+    /// The runtime that ran last (running or stopped), for its replicas' logs.
+    last_runtime: Mutex<Option<Arc<LocalRuntime>>>,
+    events: Mutex<VecDeque<String>>,
+}
+
+impl FlowCell {
+    fn new() -> Self {
+        FlowCell {
+            generation: tokio::sync::watch::channel(0).0,
+            running: tokio::sync::Mutex::new(None),
+            last_runtime: Mutex::new(None),
+            events: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn log(&self, line: impl AsRef<str>) {
+        let mut ev = self.events.lock();
+        if ev.len() == EVENT_LINES {
+            ev.pop_front();
+        }
+        ev.push_back(format!("{} {}", names::now_iso(), line.as_ref()));
+    }
+}
+
+pub struct Controller {
+    pub store: Arc<Store>,
+    pub cfg: ServerConfig,
+    pub resolver: Arc<dyn ExecutorResolver>,
+    /// Where `POST /executors` pushes to (None: pushing is not available).
+    pub registry: Option<Arc<zeroflow_artifacts::registry::Registry>>,
+    pub jobs: Arc<super::jobs::Jobs>,
+    cells: Mutex<HashMap<String, Arc<FlowCell>>>,
+    /// Set when the server stops: no new Flow starts after that.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// Loads a spec as the server does: no server environment leaks into `${{ ENV.X }}` (the client
+/// substituted what it meant to), so unresolved variables stay as written.
+pub fn load_spec(yaml: &str) -> Result<zeroflow_spec::Loaded, Vec<String>> {
+    let source = Source {
+        name: "spec".into(),
+        ..Default::default()
+    };
+    zeroflow_spec::load(yaml, &source).map_err(|e| e.errors.iter().map(|d| d.to_string()).collect())
+}
+
+impl Controller {
+    pub fn new(
+        store: Store,
+        cfg: ServerConfig,
+        resolver: Arc<dyn ExecutorResolver>,
+        registry: Option<Arc<zeroflow_artifacts::registry::Registry>>,
+    ) -> Arc<Self> {
+        Arc::new(Controller {
+            store: Arc::new(store),
+            cfg,
+            resolver,
+            registry,
+            jobs: Arc::new(super::jobs::Jobs::default()),
+            cells: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn cell(&self, id: &str) -> Arc<FlowCell> {
+        self.cells
+            .lock()
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(FlowCell::new()))
+            .clone()
+    }
+
+    /// Checks a spec fully: it loads, and every Executor can run here (pushed Executors exist).
+    pub async fn check_spec(&self, user: &str, yaml: &str) -> Result<Flow, SpecRejected> {
+        let loaded = load_spec(yaml).map_err(SpecRejected::Invalid)?;
+        let mut flow = loaded.flow;
+        resolve_flow(&mut flow, user, self.resolver.as_ref())
+            .await
+            .map_err(SpecRejected::Unrunnable)?;
+        crate::local::LocalRuntime::new(
+            &flow,
+            self.local_options("check"),
+            super::flows::throttle_settings,
+            None,
+        )
+        .map_err(|e| SpecRejected::Unrunnable(e.to_string()))?;
+        Ok(flow)
+    }
+
+    fn flow_dir(&self, id: &str) -> std::path::PathBuf {
+        self.cfg.data_dir.join("flows").join(id)
+    }
+
+    fn local_options(&self, id: &str) -> LocalOptions {
+        let dir = self.flow_dir(id);
+        let mut opts = LocalOptions::discover(dir.clone(), dir.join("work"));
+        opts.startup_timeout = self.cfg.startup_timeout;
+        opts.drain_timeout = self.cfg.drain_timeout;
+        opts
+    }
+
+    // ---- requests (each writes the store, then hands the work to a task)
+
+    /// Stores a new Flow (Pending) with its gateway ports chosen now, and starts it.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        user: &str,
+        kind: Kind,
+        yaml: &str,
+    ) -> Result<FlowRecord, DeployError> {
+        let flow = self.check_spec(user, yaml).await?;
+        let id = names::new_id();
+        // Bound now so the ports are known (and kept) before the answer; the same sockets are
+        // then handed to the gateway.
+        let listeners = bind_listeners(&flow, &self.cfg.host, &[], false).await?;
+        let ports = listeners
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok().map(|a| a.port()))
+            .collect();
+        let now = names::now_iso();
+        let rec = FlowRecord {
+            id: id.clone(),
+            user: user.to_string(),
+            kind,
+            name: flow.name.clone(),
+            spec: yaml.to_string(),
+            phase: Phase::Pending,
+            desired: Desired::Running,
+            error: None,
+            ports,
+            labels: flow.jcloud.labels.clone(),
+            ctime: now.clone(),
+            utime: now,
+        };
+        self.store.insert_flow(&rec)?;
+        std::fs::create_dir_all(self.flow_dir(&id))
+            .map_err(|e| DeployError::Internal(format!("cannot create the Flow's folder: {e}")))?;
+        self.cell(&id).log(format!("deployed by {user}"));
+        self.launch(&id, Phase::Starting, Some(listeners));
+        Ok(rec)
+    }
+
+    /// A new spec for an existing Flow: Updating, then restarted with it on the same ports.
+    pub async fn update(self: &Arc<Self>, rec: &FlowRecord, yaml: &str) -> Result<(), DeployError> {
+        let flow = self.check_spec(&rec.user, yaml).await?;
+        self.store
+            .set_spec(&rec.id, yaml, flow.name.as_deref(), &flow.jcloud.labels)?;
+        self.store
+            .set_desired(&rec.id, Desired::Running, Phase::Updating)?;
+        self.cell(&rec.id).log("spec updated");
+        self.launch(&rec.id, Phase::Updating, None);
+        Ok(())
+    }
+
+    /// `:restart`, `:recreate`, `:resume`, `gateway:restart`: (re)start with the stored spec.
+    pub fn restart(self: &Arc<Self>, rec: &FlowRecord, phase: Phase) -> Result<(), StoreError> {
+        self.store.set_desired(&rec.id, Desired::Running, phase)?;
+        self.cell(&rec.id)
+            .log(format!("restart requested ({})", phase.as_str()));
+        self.launch(&rec.id, Phase::Starting, None);
+        Ok(())
+    }
+
+    /// `:resume`: starts a paused (or failed) Flow; a serving one stays as it is.
+    pub fn resume(self: &Arc<Self>, rec: &FlowRecord) -> Result<(), StoreError> {
+        if rec.desired == Desired::Running
+            && matches!(
+                rec.phase,
+                Phase::Serving | Phase::Starting | Phase::Updating | Phase::Pending
+            )
+        {
+            return Ok(());
+        }
+        self.restart(rec, Phase::Starting)
+    }
+
+    /// `:pause`: every Executor goes to zero and the gateway closes; the ports stay reserved in
+    /// the store for the resume.
+    pub fn pause(self: &Arc<Self>, rec: &FlowRecord) -> Result<(), StoreError> {
+        // The phase moves to Paused once everything has stopped (Serving meanwhile is what the
+        // client expects); a Flow with nothing running is Paused at once.
+        let phase = if rec.phase == Phase::Serving {
+            Phase::Serving
+        } else {
+            Phase::Paused
+        };
+        self.store.set_desired(&rec.id, Desired::Paused, phase)?;
+        self.cell(&rec.id).log("pause requested");
+        self.launch(&rec.id, Phase::Paused, None);
+        Ok(())
+    }
+
+    /// DELETE: `Deleted` at once (the client's wait loop needs it), then everything stops.
+    pub fn delete(self: &Arc<Self>, rec: &FlowRecord) -> Result<(), StoreError> {
+        self.store
+            .set_desired(&rec.id, Desired::Deleted, Phase::Deleted)?;
+        self.store.purge_flow_children(&rec.id)?;
+        self.jobs.cancel_flow(&rec.id);
+        self.cell(&rec.id).log("deleted");
+        self.launch(&rec.id, Phase::Deleted, None);
+        Ok(())
+    }
+
+    /// Sets an Executor's replicas: written into the stored spec (so a restart keeps it), and
+    /// applied to the running Flow at once.
+    pub async fn scale(
+        self: &Arc<Self>,
+        rec: &FlowRecord,
+        executor: &str,
+        replicas: u32,
+    ) -> Result<(), DeployError> {
+        let loaded = load_spec(&rec.spec).map_err(SpecRejected::Invalid)?;
+        let Some(idx) = loaded
+            .flow
+            .executors
+            .iter()
+            .position(|e| e.name == executor)
+        else {
+            return Err(DeployError::NoExecutor(executor.to_string()));
+        };
+        if let Some(spec) = rewrite_replicas(&rec.spec, rec.kind, idx, replicas) {
+            self.store
+                .set_spec(&rec.id, &spec, rec.name.as_deref(), &rec.labels)?;
+        }
+        let cell = self.cell(&rec.id);
+        cell.log(format!("{executor}: scale to {replicas} replica(s)"));
+        if let Some(rt) = cell.last_runtime.lock().clone()
+            && rec.desired == Desired::Running
+        {
+            rt.scale(executor, replicas);
+        }
+        Ok(())
+    }
+
+    /// `executors/NAME:restart`: its replicas are replaced (down to zero, then back).
+    pub fn restart_executor(
+        self: &Arc<Self>,
+        rec: &FlowRecord,
+        executor: &str,
+    ) -> Result<(), DeployError> {
+        let loaded = load_spec(&rec.spec).map_err(SpecRejected::Invalid)?;
+        if !loaded.flow.executors.iter().any(|e| e.name == executor) {
+            return Err(DeployError::NoExecutor(executor.to_string()));
+        }
+        let cell = self.cell(&rec.id);
+        cell.log(format!("{executor}: restart"));
+        let rt = cell.last_runtime.lock().clone();
+        if let Some(rt) = rt {
+            let executor = executor.to_string();
+            tokio::spawn(async move {
+                let want = rt.desired(&executor);
+                rt.scale(&executor, 0);
+                let mut events = rt.subscribe();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while rt.replica_count(&executor) > 0 {
+                    tokio::select! {
+                        _ = events.recv() => {}
+                        _ = tokio::time::sleep_until(deadline) => break,
+                    }
+                }
+                rt.scale(&executor, want);
+            });
+        }
+        Ok(())
+    }
+
+    /// Replica logs (`pod -> text`) of one Executor; the gateway's event log for None.
+    pub fn logs(&self, rec: &FlowRecord, executor: Option<&str>) -> BTreeMap<String, String> {
+        let cell = self.cell(&rec.id);
+        match executor {
+            None => {
+                let text = cell
+                    .events
+                    .lock()
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                BTreeMap::from([(format!("gateway-{}", rec.id), text)])
+            }
+            Some(e) => cell
+                .last_runtime
+                .lock()
+                .as_ref()
+                .map(|rt| rt.logs(Some(e)))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// At start-up: every Flow that should run starts again on its ports; the rest keep their
+    /// phase.
+    pub fn restore(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for rec in self.store.list_flows(None, None)? {
+            match rec.desired {
+                Desired::Running if rec.phase != Phase::Failed => {
+                    let phase = if rec.phase == Phase::Updating {
+                        Phase::Updating
+                    } else {
+                        Phase::Starting
+                    };
+                    self.store.set_phase(&rec.id, phase, None)?;
+                    self.cell(&rec.id).log("server restarted: starting again");
+                    self.launch(&rec.id, phase, None);
+                    n += 1;
+                }
+                Desired::Paused if rec.phase != Phase::Paused => {
+                    self.store.set_phase(&rec.id, Phase::Paused, None)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+
+    /// Stops every running Flow (server shutdown). The store is left as it is, so the next
+    /// start brings the same Flows back.
+    pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let cells: Vec<Arc<FlowCell>> = self.cells.lock().values().cloned().collect();
+        let stops = cells.into_iter().map(|c| async move {
+            c.generation.send_modify(|g| *g += 1);
+            if let Some(rf) = c.running.lock().await.take() {
+                rf.stop().await;
+            }
+        });
+        futures::future::join_all(stops).await;
+        self.jobs.cancel_all();
+    }
+
+    // ---- the background work
+
+    /// Starts a task that brings the Flow to what the store says it should be. `phase` is what
+    /// it shows while starting (Starting, or Updating for an update).
+    fn launch(
+        self: &Arc<Self>,
+        id: &str,
+        phase: Phase,
+        listeners: Option<Vec<(zeroflow_spec::Protocol, tokio::net::TcpListener)>>,
+    ) {
+        let cell = self.cell(id);
+        let mut generation = 0;
+        cell.generation.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        let this = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            this.reconcile(&id, cell, generation, phase, listeners)
+                .await;
+        });
+    }
+
+    async fn reconcile(
+        self: Arc<Self>,
+        id: &str,
+        cell: Arc<FlowCell>,
+        generation: u64,
+        phase: Phase,
+        listeners: Option<Vec<(zeroflow_spec::Protocol, tokio::net::TcpListener)>>,
+    ) {
+        let mut slot = cell.running.lock().await;
+        let mut gen_rx = cell.generation.subscribe();
+        if *gen_rx.borrow_and_update() != generation
+            || self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        if let Some(old) = slot.take() {
+            cell.log("stopping the running Flow");
+            old.stop().await;
+        }
+        let set_phase = |p: Phase, err: Option<&str>| {
+            // Only the latest request may report; a superseded task stays silent.
+            if *cell.generation.borrow() == generation {
+                if let Err(e) = self.store.set_phase(id, p, err) {
+                    tracing::error!(flow = id, error = %e, "cannot record the phase");
+                }
+                cell.log(format!(
+                    "phase {}{}",
+                    p.as_str(),
+                    err.map(|e| format!(": {e}")).unwrap_or_default()
+                ));
+            }
+        };
+        let rec = match self.store.flow_by_id(id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(flow = id, error = %e, "cannot read the Flow");
+                return;
+            }
+        };
+        match rec.desired {
+            Desired::Deleted => {
+                let _ = std::fs::remove_dir_all(self.flow_dir(id).join("work"));
+                return;
+            }
+            Desired::Paused => {
+                set_phase(Phase::Paused, None);
+                return;
+            }
+            Desired::Running => {}
+        }
+        set_phase(phase, None);
+        let prepared = self.prepare(&rec, listeners).await;
+        let (mut rf, listeners) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                set_phase(Phase::Failed, Some(&e));
+                return;
+            }
+        };
+        *cell.last_runtime.lock() = Some(rf.runtime.clone());
+        // Runtime events go to the Flow's event log, for `logs --gateway`.
+        {
+            let mut events = rf.runtime.subscribe();
+            let cell = cell.clone();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(ev) => cell.log(ev.to_string()),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        let started = tokio::select! {
+            r = rf.start() => Some(r),
+            _ = gen_rx.changed() => None,
+        };
+        match started {
+            None => {
+                cell.log("superseded while starting; stopping");
+                rf.stop().await;
+            }
+            Some(Err(e)) => {
+                let why = e.to_string();
+                rf.stop().await;
+                set_phase(Phase::Failed, Some(&why));
+            }
+            Some(Ok(())) => {
+                rf.start_autoscaling(self.cfg.autoscaler.clone());
+                rf.serve(listeners);
+                *slot = Some(rf);
+                set_phase(Phase::Serving, None);
+            }
+        }
+    }
+
+    /// Builds the Flow to run: spec, pushed Executors, secrets as env vars, listeners on the
+    /// stored ports.
+    async fn prepare(
+        &self,
+        rec: &FlowRecord,
+        listeners: Option<Vec<(zeroflow_spec::Protocol, tokio::net::TcpListener)>>,
+    ) -> Result<
+        (
+            RunningFlow,
+            Vec<(zeroflow_spec::Protocol, tokio::net::TcpListener)>,
+        ),
+        String,
+    > {
+        let mut flow = load_spec(&rec.spec).map_err(|e| e.join("; "))?.flow;
+        resolve_flow(&mut flow, &rec.user, self.resolver.as_ref()).await?;
+        for e in &mut flow.executors {
+            for (env, r) in &e.env_from_secret {
+                let secret = self
+                    .store
+                    .get_secret(&rec.id, &r.name)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!(
+                            "Executor {}: env {env} comes from secret {:?}, which does not exist; create it with POST /secrets",
+                            e.name, r.name
+                        )
+                    })?;
+                let v = secret.data.get(&r.key).ok_or_else(|| {
+                    format!(
+                        "Executor {}: env {env} comes from key {:?} of secret {:?}, which has no such key (it has: {})",
+                        e.name,
+                        r.key,
+                        r.name,
+                        secret.data.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+                e.env.insert(env.clone(), v.clone());
+            }
+        }
+        let mut opts = self.local_options(&rec.id);
+        let _ = std::fs::create_dir_all(&opts.work_dir);
+        opts.env = flow.env.clone().into_iter().collect();
+        let listeners = match listeners {
+            Some(l) => l,
+            None => {
+                let l = bind_listeners(&flow, &self.cfg.host, &rec.ports, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ports: Vec<u16> = l
+                    .iter()
+                    .filter_map(|(_, s)| s.local_addr().ok().map(|a| a.port()))
+                    .collect();
+                if ports != rec.ports {
+                    // An update added a protocol: the new port is kept from now on.
+                    let _ = self.store.set_ports(&rec.id, &ports);
+                }
+                l
+            }
+        };
+        let rf = RunningFlow::new(&flow, opts).map_err(|e: FlowError| e.to_string())?;
+        Ok((rf, listeners))
+    }
+
+    /// `status.endpoints`: the gateway's first protocol as `gateway` (deployments: the
+    /// Executor's name), further protocols as `gateway-<protocol>`.
+    pub fn endpoints(
+        &self,
+        rec: &FlowRecord,
+        flow: Option<&Flow>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        if rec.phase == Phase::Deleted {
+            return out;
+        }
+        let Some(flow) = flow else { return out };
+        let base = match rec.kind {
+            Kind::Flow => "gateway".to_string(),
+            Kind::Deployment => flow
+                .executors
+                .first()
+                .map(|e| e.name.clone())
+                .unwrap_or_else(|| "gateway".into()),
+        };
+        for (i, (l, port)) in flow.gateway.listeners.iter().zip(&rec.ports).enumerate() {
+            let key = if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{}", super::flows::protocol_name(l.protocol))
+            };
+            out.insert(
+                key,
+                format!("{}://{}:{port}", scheme(l.protocol), self.cfg.public_host).into(),
+            );
+        }
+        out
+    }
+}
+
+/// `spec.executors[i].replicas = n` (or `with.replicas` of a Deployment) in the YAML text.
+/// None when the YAML cannot be re-written as plain data (e.g. it uses custom tags).
+pub fn rewrite_replicas(yaml: &str, kind: Kind, idx: usize, n: u32) -> Option<String> {
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).ok()?;
+    let is_deployment =
+        kind == Kind::Deployment || doc.get("jtype").and_then(|j| j.as_str()) == Some("Deployment");
+    let target = if is_deployment {
+        let m = doc.as_mapping_mut()?;
+        m.entry("with".into())
+            .or_insert_with(|| serde_yaml_ng::Value::Mapping(Default::default()))
+    } else {
+        let m = doc.as_mapping_mut()?;
+        let key = if m.contains_key("executors") {
+            "executors"
+        } else {
+            "deployments"
+        };
+        m.get_mut(key)?.as_sequence_mut()?.get_mut(idx)?
+    };
+    target
+        .as_mapping_mut()?
+        .insert("replicas".into(), serde_yaml_ng::Value::from(n));
+    serde_yaml_ng::to_string(&doc).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Spec(#[from] SpecRejected),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+    #[error("no Executor named {0:?} in this Flow")]
+    NoExecutor(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_rewrites_the_executor_replicas() {
+        let y = "jtype: Flow\nexecutors:\n  - name: a\n  - name: b\n    replicas: 1\n";
+        let out = rewrite_replicas(y, Kind::Flow, 1, 3).unwrap();
+        let flow = load_spec(&out).unwrap().flow;
+        assert_eq!(flow.executors[0].replicas, 1);
+        assert_eq!(flow.executors[1].replicas, 3);
+        let d = "jtype: Deployment\nwith:\n  name: e\n";
+        let out = rewrite_replicas(d, Kind::Deployment, 0, 2).unwrap();
+        assert!(out.contains("replicas: 2"), "{out}");
+    }
+}

@@ -1,0 +1,206 @@
+//! One running Flow on the local runtime: its Executors' replicas, its gateway on its listeners,
+//! and its autoscaler. The same wiring serves `jc flow serve` (one Flow, in the foreground) and
+//! `jc server` (many Flows, started, stopped and restarted by the control plane).
+
+use crate::local::{LocalOptions, LocalRuntime, RuntimeError};
+use crate::scaling::ScalingHandle;
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use zeroflow_autoscaler::AutoscalerConfig;
+use zeroflow_gateway::Gateway;
+use zeroflow_spec::{Executor, Flow, Protocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("the Flow's graph is invalid: {0}")]
+    Graph(String),
+    #[error("the gateway cannot listen on {addr} for {protocol}: {message}")]
+    Bind {
+        addr: String,
+        protocol: String,
+        message: String,
+    },
+    #[error("{0}")]
+    NotReady(String),
+    #[error("the gateway failed: {0}")]
+    Gateway(String),
+}
+
+/// What the activator does for an Executor while it has no ready replica.
+pub fn throttle_settings(e: &Executor) -> zeroflow_activator::ThrottleSettings {
+    zeroflow_activator::ThrottleSettings {
+        request_timeout: e.jcloud.autoscale.revision_timeout,
+        ..Default::default()
+    }
+}
+
+/// Replicas an Executor starts with: `autoscale.min` when autoscaled (0 = serverless: it
+/// counts as settled at zero), else its fixed `replicas`.
+pub fn initial_replicas(e: &Executor) -> u32 {
+    if e.jcloud.autoscale_set {
+        e.jcloud.autoscale.min
+    } else {
+        e.replicas
+    }
+}
+
+pub fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Grpc => "grpc",
+        Protocol::Http => "http",
+        Protocol::Websocket => "websocket",
+    }
+}
+
+/// URL scheme a client uses for a listener.
+pub fn scheme(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Grpc => "grpc",
+        Protocol::Http | Protocol::Websocket => "http",
+    }
+}
+
+/// Binds one listener per gateway protocol of `flow`. `ports[i]` (when given and non-zero) is
+/// used for listener `i`, else the Flow's `with.port`, else any free port.
+pub async fn bind_listeners(
+    flow: &Flow,
+    host: &str,
+    ports: &[u16],
+    use_flow_ports: bool,
+) -> Result<Vec<(Protocol, TcpListener)>, FlowError> {
+    let mut out = vec![];
+    for (i, l) in flow.gateway.listeners.iter().enumerate() {
+        let port = ports
+            .get(i)
+            .copied()
+            .filter(|p| *p != 0)
+            .or(if use_flow_ports { l.port } else { None })
+            .unwrap_or(0);
+        let sock = TcpListener::bind((host, port))
+            .await
+            .map_err(|e| FlowError::Bind {
+                addr: format!("{host}:{port}"),
+                protocol: protocol_name(l.protocol).into(),
+                message: e.to_string(),
+            })?;
+        out.push((l.protocol, sock));
+    }
+    Ok(out)
+}
+
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), FlowError>>,
+}
+
+/// A Flow whose runtime and gateway exist; [`RunningFlow::start`] brings up its replicas and
+/// [`RunningFlow::serve`] opens its gateway.
+pub struct RunningFlow {
+    pub flow: Flow,
+    pub runtime: Arc<LocalRuntime>,
+    pub gateway: Arc<Gateway>,
+    /// Activator and autoscaler metrics (the gateway keeps its own).
+    pub registry: Arc<Mutex<Registry>>,
+    pub opts: LocalOptions,
+    scaling: Option<ScalingHandle>,
+    serving: Option<Serving>,
+}
+
+impl RunningFlow {
+    /// Checks that every Executor can run here and builds the runtime and the gateway. Nothing
+    /// starts yet.
+    pub fn new(flow: &Flow, opts: LocalOptions) -> Result<Self, FlowError> {
+        let mut registry = Registry::default();
+        let metrics = zeroflow_activator::ActivatorMetrics::new(&mut registry);
+        let runtime = Arc::new(LocalRuntime::new(
+            flow,
+            opts.clone(),
+            throttle_settings,
+            Some(metrics),
+        )?);
+        let gateway = Arc::new(
+            Gateway::new(flow, runtime.shards()).map_err(|e| FlowError::Graph(e.to_string()))?,
+        );
+        Ok(RunningFlow {
+            flow: flow.clone(),
+            runtime,
+            gateway,
+            registry: Arc::new(Mutex::new(registry)),
+            opts,
+            scaling: None,
+            serving: None,
+        })
+    }
+
+    /// Starts every Executor at its initial replica count and waits until they are ready (or
+    /// one fails: the error carries its output). Then learns the Executors' endpoints.
+    pub async fn start(&self) -> Result<(), FlowError> {
+        self.runtime.start(initial_replicas);
+        self.runtime
+            .wait_settled(self.opts.startup_timeout)
+            .await
+            .map_err(FlowError::NotReady)?;
+        self.gateway.discover_endpoints().await;
+        Ok(())
+    }
+
+    /// Hands the autoscaled Executors to the autoscaler.
+    pub fn start_autoscaling(&mut self, cfg: AutoscalerConfig) {
+        let handle = crate::scaling::start(
+            &self.flow,
+            self.runtime.clone(),
+            cfg,
+            &mut self.registry.lock(),
+        );
+        self.scaling = Some(handle);
+    }
+
+    /// Serves the gateway on `listeners` in the background until [`RunningFlow::stop`].
+    pub fn serve(&mut self, listeners: Vec<(Protocol, TcpListener)>) {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let gw = self.gateway.clone();
+        let task = tokio::spawn(async move {
+            zeroflow_gateway::serve(gw, listeners, async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| FlowError::Gateway(format!("{e:#}")))
+        });
+        self.serving = Some(Serving { stop, task });
+    }
+
+    /// Serves the gateway in the foreground until `shutdown` resolves.
+    pub async fn serve_until(
+        &self,
+        listeners: Vec<(Protocol, TcpListener)>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), FlowError> {
+        zeroflow_gateway::serve(self.gateway.clone(), listeners, shutdown)
+            .await
+            .map_err(|e| FlowError::Gateway(format!("{e:#}")))
+    }
+
+    /// Metrics text: the gateway's, then the activator's and the autoscaler's.
+    pub fn metrics_text(&self) -> String {
+        let mut out = self.gateway.metrics_text();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock());
+        out
+    }
+
+    /// Closes the gateway (its listeners are released), stops scaling, drains every replica.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.serving.take() {
+            let _ = s.stop.send(());
+            let _ = s.task.await;
+        }
+        drop(self.scaling.take());
+        self.runtime
+            .shutdown(self.opts.drain_timeout + Duration::from_secs(15))
+            .await;
+    }
+}

@@ -1,0 +1,116 @@
+//! `jc server`: the control plane and every Flow's data path in one process. The REST API
+//! ([`api`], jcloud-compatible) writes the [`store`] and asks the [`control`]ler to bring each
+//! Flow to what was asked; the controller runs Flows on the local runtime ([`flows`]), resolving
+//! pushed Executors ([`resolver`]) and running [`jobs`] beside them. Nothing here parses YAML
+//! beyond the spec crate, nor decides scaling beyond the autoscaler crate.
+
+pub mod api;
+pub mod control;
+pub mod flows;
+pub mod jobs;
+pub mod names;
+pub mod openapi;
+pub mod resolver;
+pub mod router;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use zeroflow_autoscaler::AutoscalerConfig;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Holds `state.db`, `flows/<id>/` and `executors/<user>/<name>/<tag>/`.
+    pub data_dir: PathBuf,
+    /// Where the API and the gateways listen.
+    pub host: String,
+    /// The host put in endpoint URLs (the listen host, or 127.0.0.1 for 0.0.0.0).
+    pub public_host: String,
+    pub autoscaler: AutoscalerConfig,
+    pub startup_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf, host: &str) -> Self {
+        let public_host = match host {
+            "0.0.0.0" | "" => "127.0.0.1".to_string(),
+            "::" => "[::1]".to_string(),
+            h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+            h => h.to_string(),
+        };
+        ServerConfig {
+            data_dir,
+            host: host.to_string(),
+            public_host,
+            autoscaler: AutoscalerConfig::default(),
+            startup_timeout: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("state.db")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("the artifact store: {0}")]
+    Artifacts(String),
+    #[error("the API server failed: {0}")]
+    Serve(String),
+}
+
+/// The default data directory: `$ZEROFLOW_DATA_DIR`, else `~/.zeroflow`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ZEROFLOW_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".zeroflow")
+}
+
+/// Creates user `user` if missing and returns a new token for it.
+pub fn create_token(data_dir: &std::path::Path, user: &str) -> Result<String, ServerError> {
+    let s = store::Store::open(&data_dir.join("state.db"))?;
+    Ok(s.create_token(user)?)
+}
+
+/// Opens the store, restores every Flow, and serves the API on `listener` until `shutdown`;
+/// then stops every Flow (the store keeps them for the next start).
+pub async fn run(
+    cfg: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = store::Store::open(&cfg.db_path())?;
+    jobs::fail_orphans(&store);
+    let artifacts = zeroflow_artifacts::store_from_env(&cfg.data_dir)
+        .map_err(|e| ServerError::Artifacts(e.to_string()))?;
+    let registry = Arc::new(zeroflow_artifacts::registry::Registry::new(
+        artifacts,
+        cfg.data_dir.join("cache"),
+    ));
+    let resolver = Arc::new(resolver::RegistryResolver {
+        registry: registry.clone(),
+        fallback: resolver::DirResolver::new(cfg.data_dir.join("executors")),
+    });
+    let ctrl = control::Controller::new(store, cfg, resolver, Some(registry));
+    let n = ctrl.restore()?;
+    if n > 0 {
+        tracing::info!("restarting {n} Flow(s) from the store");
+    }
+    let app = api::router(ctrl.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServerError::Serve(e.to_string()));
+    ctrl.shutdown().await;
+    served
+}

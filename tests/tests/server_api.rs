@@ -1,0 +1,534 @@
+//! `jc server`'s REST API beyond the happy path: users cannot reach each other's Flows,
+//! secrets or jobs; a SIGKILL mid-deploy and during traffic loses nothing and the Flows serve
+//! again at the same endpoints; bad input gets the right status and a JSON `error` naming the
+//! problem, and changes nothing.
+
+#[path = "server_common.rs"]
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use zeroflow_tests::{descendants, run_python, temp_dir};
+
+const RUST_FLOW: &str = "jtype: Flow\njcloud:\n  name: rusty\nexecutors:\n  - name: one\n    command: zeroflow-test-executor --append=-one\n";
+
+fn deploy(server: &Server, token: &str, yaml: &str) -> String {
+    let (s, ct, v) = server.call("POST", "/flows", Some(token), Some(Body::Spec(yaml.into())));
+    assert_eq!(s, 201, "deploy: {v}");
+    assert_eq!(ct, "application/json");
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn gateway(v: &serde_json::Value) -> String {
+    v["status"]["endpoints"]["gateway"]
+        .as_str()
+        .expect("gateway endpoint")
+        .to_string()
+}
+
+#[test]
+fn users_cannot_reach_each_others_flows_secrets_or_jobs() {
+    let data = temp_dir("server-users");
+    let server = Server::start(&data, free_port());
+    let alice = server.token("alice");
+    let bob = server.token("bob");
+    let id = deploy(&server, &alice, RUST_FLOW);
+    server.wait_phase(&alice, &id, "Serving", Duration::from_secs(60));
+    let (s, _, v) = server.call(
+        "POST",
+        "/secrets",
+        Some(&alice),
+        Some(Body::Json(
+            json!({"name": "s", "id": id, "data": {"K": "V"}}),
+        )),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, _, v) = server.call(
+        "POST",
+        "/jobs",
+        Some(&alice),
+        Some(Body::Json(json!({"name": "j", "flowid": id, "image": "x", "entrypoint": ["true"], "timeout": 60, "backoffLimit": 0, "secrets": null}))),
+    );
+    assert_eq!(s, 201, "{v}");
+
+    let tries: Vec<(&str, String, Option<Body>)> = vec![
+        ("GET", format!("/flows/{id}"), None),
+        (
+            "PUT",
+            format!("/flows/{id}"),
+            Some(Body::Spec(RUST_FLOW.into())),
+        ),
+        ("PUT", format!("/flows/{id}:pause"), None),
+        ("PUT", format!("/flows/{id}:restart"), None),
+        (
+            "PUT",
+            format!("/flows/{id}/executors/one:scale?replicas=2"),
+            None,
+        ),
+        ("GET", format!("/flows/{id}/executors/one/logs"), None),
+        ("GET", format!("/flows/{id}/gateway/logs"), None),
+        ("DELETE", format!("/flows/{id}"), None),
+        ("GET", format!("/secrets/{id}"), None),
+        ("GET", format!("/secrets/{id}/s"), None),
+        (
+            "POST",
+            format!("/secrets/{id}/s"),
+            Some(Body::Json(
+                json!({"name": "s", "id": id, "data": {"K": "stolen"}}),
+            )),
+        ),
+        ("DELETE", format!("/secrets/{id}/s"), None),
+        (
+            "POST",
+            "/secrets".into(),
+            Some(Body::Json(
+                json!({"name": "t", "id": id, "data": {"K": "V"}}),
+            )),
+        ),
+        ("GET", format!("/jobs/{id}"), None),
+        ("GET", format!("/jobs/{id}/j"), None),
+        ("GET", format!("/jobs/{id}/j/logs"), None),
+        ("DELETE", format!("/jobs/{id}/j"), None),
+        (
+            "POST",
+            "/jobs".into(),
+            Some(Body::Json(
+                json!({"name": "k", "flowid": id, "entrypoint": ["true"]}),
+            )),
+        ),
+    ];
+    for (m, p, b) in tries {
+        let (s, ct, v) = server.call(m, &p, Some(&bob), b);
+        assert_eq!(s, 404, "bob {m} {p}: {v}");
+        assert_eq!(ct, "application/json");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("not found")),
+            "{m} {p}: {v}"
+        );
+    }
+    let (s, _, v) = server.call(
+        "GET",
+        "/flows?phase=Serving,Paused,Failed,Deleted",
+        Some(&bob),
+        None,
+    );
+    assert_eq!(
+        (s, v["flows"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+
+    // Alice's things are untouched.
+    assert_eq!(server.phase(&alice, &id), "Serving");
+    let (s, _, v) = server.call("GET", &format!("/secrets/{id}/s"), Some(&alice), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["K"], "********");
+    let (s, _, v) = server.call("GET", &format!("/jobs/{id}"), Some(&alice), None);
+    assert_eq!(
+        (s, v["jobs"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["Resources.Jobs"], v["jobs"]);
+    server.stop();
+}
+
+#[test]
+fn a_killed_server_comes_back_with_every_flow_at_the_same_endpoints() {
+    let data = temp_dir("server-kill");
+    let port = free_port();
+    let mut server = Server::start(&data, port);
+    let token = server.token("alice");
+    let a = deploy(&server, &token, RUST_FLOW);
+    let serving = server.wait_phase(&token, &a, "Serving", Duration::from_secs(60));
+    let a_url = gateway(&serving);
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &a_url, "--suffix=-one"],
+    );
+    let paused = deploy(&server, &token, RUST_FLOW);
+    server.wait_phase(&token, &paused, "Serving", Duration::from_secs(60));
+    let (s, _, _) = server.call("PUT", &format!("/flows/{paused}:pause"), Some(&token), None);
+    assert_eq!(s, 202);
+    server.wait_phase(&token, &paused, "Paused", Duration::from_secs(60));
+    let (s, _, _) = server.call(
+        "PUT",
+        &format!("/flows/{a}/executors/one:scale?replicas=2"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(s, 202);
+
+    // Traffic on A while a second Flow is mid-deploy (a slow-starting Executor), then SIGKILL.
+    let slow = deploy(
+        &server,
+        &token,
+        "jtype: Flow\nexecutors:\n  - name: slow\n    command: zeroflow-test-executor --startup-delay 1500ms --append=-slow\n",
+    );
+    let b_url = gateway(
+        &server
+            .call("GET", &format!("/flows/{slow}"), Some(&token), None)
+            .2,
+    );
+    let url = a_url.clone();
+    let traffic = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(zeroflow_tests::load::sustained(
+            &url,
+            2,
+            Duration::from_secs(3),
+            0.0,
+        ))
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_ne!(
+        server.phase(&token, &slow),
+        "Serving",
+        "the kill must land mid-deploy"
+    );
+    assert!(!descendants(server.child.id()).is_empty());
+    let tree = server.kill();
+    let samples = traffic.join().expect("traffic thread");
+    assert!(
+        samples.iter().any(|s| s.result.is_ok()),
+        "traffic reached the Flow before the kill"
+    );
+    // No orphan: every replica followed the server (parent-death signal).
+    assert_gone(tree);
+
+    let server = Server::start(&data, port);
+    let back = server.wait_phase(&token, &a, "Serving", Duration::from_secs(60));
+    assert_eq!(gateway(&back), a_url, "same endpoint after the restart");
+    assert_eq!(
+        back["spec"]["executors"][0]["replicas"], 2,
+        "the scale survived"
+    );
+    let back_slow = server.wait_phase(&token, &slow, "Serving", Duration::from_secs(60));
+    assert_eq!(
+        gateway(&back_slow),
+        b_url,
+        "the interrupted deploy resumed on its ports"
+    );
+    assert_eq!(
+        server.phase(&token, &paused),
+        "Paused",
+        "a paused Flow stays paused"
+    );
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &a_url, "--suffix=-one"],
+    );
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &b_url, "--suffix=-slow"],
+    );
+    // The paused one resumes on its old endpoint too.
+    let p_url = gateway(
+        &server
+            .call("GET", &format!("/flows/{paused}"), Some(&token), None)
+            .2,
+    );
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                &format!("/flows/{paused}:resume"),
+                Some(&token),
+                None
+            )
+            .0,
+        202
+    );
+    server.wait_phase(&token, &paused, "Serving", Duration::from_secs(60));
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &p_url, "--suffix=-one"],
+    );
+    server.stop();
+}
+
+#[test]
+fn bad_input_gets_a_json_error_naming_the_problem_and_changes_nothing() {
+    let data = temp_dir("server-bad");
+    let server = Server::start(&data, free_port());
+    let token = server.token("alice");
+    let id = deploy(&server, &token, RUST_FLOW);
+    server.wait_phase(&token, &id, "Serving", Duration::from_secs(60));
+    let before = server.call("GET", "/flows?phase=All", Some(&token), None).2;
+    let flow_before = server
+        .call("GET", &format!("/flows/{id}"), Some(&token), None)
+        .2;
+
+    let expect =
+        |m: &str, p: &str, tok: Option<&str>, body: Option<Body>, status: u16, needle: &str| {
+            let (s, ct, v) = server.call(m, p, tok, body);
+            assert_eq!(s, status, "{m} {p}: {v}");
+            assert_eq!(ct, "application/json", "{m} {p}");
+            let e = v["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{m} {p}: no error in {v}"));
+            assert!(e.contains(needle), "{m} {p}: {e:?} should name {needle:?}");
+            v
+        };
+    // Auth.
+    expect("GET", "/flows", None, None, 401, "Authorization");
+    expect("GET", "/flows", Some("wrong"), None, 401, "token");
+    expect("GET", "/flows", Some("Bearer zf_nope"), None, 401, "token");
+    // Malformed YAML: validate lists it with line and column, deploy refuses it.
+    let broken = "jtype: Flow\nexecutors:\n  - name: a\n   uses: [\n";
+    let (s, ct, v) = server.call(
+        "POST",
+        "/flows/validate",
+        Some(&token),
+        Some(Body::Spec(broken.into())),
+    );
+    assert_eq!((s, ct.as_str()), (200, "application/json"), "{v}");
+    let errs = v["errors"].as_array().expect("errors");
+    assert!(
+        errs.iter().any(|e| e
+            .as_str()
+            .is_some_and(|e| e.contains("line") && e.contains("YAML"))),
+        "{v}"
+    );
+    expect(
+        "POST",
+        "/flows",
+        Some(&token),
+        Some(Body::Spec(broken.into())),
+        400,
+        "YAML",
+    );
+    // Invalid jcloud values.
+    let bad_jcloud = "jtype: Flow\nexecutors:\n  - name: a\n    command: zeroflow-test-executor\n    jcloud:\n      autoscale:\n        max: 8\n";
+    let (_, _, v) = server.call(
+        "POST",
+        "/flows/validate",
+        Some(&token),
+        Some(Body::Spec(bad_jcloud.into())),
+    );
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("autoscale.max") && e.contains("line 7")),
+        "{v}"
+    );
+    expect(
+        "POST",
+        "/flows",
+        Some(&token),
+        Some(Body::Spec(bad_jcloud.into())),
+        400,
+        "autoscale.max",
+    );
+    expect(
+        "PUT",
+        &format!("/flows/{id}"),
+        Some(&token),
+        Some(Body::Spec(bad_jcloud.into())),
+        400,
+        "autoscale.max",
+    );
+    // An Executor nobody pushed.
+    expect(
+        "POST",
+        "/flows",
+        Some(&token),
+        Some(Body::Spec(
+            "jtype: Flow\nexecutors:\n  - name: a\n    uses: jinaai+docker://alice/ghost\n".into(),
+        )),
+        400,
+        "ghost",
+    );
+    expect("POST", "/flows", Some(&token), None, 400, "spec");
+    // Unknown things.
+    expect(
+        "GET",
+        "/flows/no-such-flow",
+        Some(&token),
+        None,
+        404,
+        "no-such-flow",
+    );
+    expect(
+        "PUT",
+        "/flows/no-such-flow:pause",
+        Some(&token),
+        None,
+        404,
+        "no-such-flow",
+    );
+    expect(
+        "DELETE",
+        "/flows/no-such-flow",
+        Some(&token),
+        None,
+        404,
+        "no-such-flow",
+    );
+    expect(
+        "PUT",
+        &format!("/flows/{id}/executors/ghost:scale?replicas=2"),
+        Some(&token),
+        None,
+        404,
+        "ghost",
+    );
+    expect(
+        "PUT",
+        &format!("/flows/{id}/executors/one:scale?replicas=lots"),
+        Some(&token),
+        None,
+        400,
+        "replicas",
+    );
+    expect(
+        "PUT",
+        &format!("/flows/{id}:explode"),
+        Some(&token),
+        None,
+        400,
+        ":explode",
+    );
+    expect(
+        "GET",
+        "/nothing/here",
+        Some(&token),
+        None,
+        404,
+        "/nothing/here",
+    );
+    expect(
+        "GET",
+        &format!("/secrets/{id}/ghost"),
+        Some(&token),
+        None,
+        404,
+        "ghost",
+    );
+    expect(
+        "POST",
+        "/secrets",
+        Some(&token),
+        Some(Body::Json(
+            json!({"name": "s", "id": id, "data": {"K": [1]}}),
+        )),
+        400,
+        "data.K",
+    );
+    expect(
+        "POST",
+        "/jobs",
+        Some(&token),
+        Some(Body::Json(
+            json!({"name": "j", "flowid": id, "entrypoint": []}),
+        )),
+        400,
+        "entrypoint",
+    );
+    expect(
+        "GET",
+        "/flows?phase=Sleeping",
+        Some(&token),
+        None,
+        400,
+        "Sleeping",
+    );
+
+    // Nothing stored changed.
+    assert_eq!(
+        server.call("GET", "/flows?phase=All", Some(&token), None).2["flows"]
+            .as_array()
+            .map(Vec::len),
+        before["flows"].as_array().map(Vec::len)
+    );
+    let flow_after = server
+        .call("GET", &format!("/flows/{id}"), Some(&token), None)
+        .2;
+    assert_eq!(flow_after["spec"], flow_before["spec"]);
+    assert_eq!(flow_after["status"]["phase"], "Serving");
+    assert_eq!(
+        server
+            .call("GET", &format!("/secrets/{id}"), Some(&token), None)
+            .2["secrets"],
+        json!([])
+    );
+    // The API documents itself.
+    let (s, ct, doc) = server.call("GET", "/openapi.json", None, None);
+    assert_eq!((s, ct.as_str()), (200, "application/json"));
+    assert!(doc["paths"]["/flows/{id}:pause"].is_object(), "{doc}");
+    server.stop();
+}
+
+#[test]
+fn an_executor_pushed_through_the_api_runs_in_a_flow() {
+    let data = temp_dir("server-push");
+    let server = Server::start(&data, free_port());
+    let token = server.token("carol");
+    // The Executor folder as the client sends it: config.yml + module, packed as .tar.gz.
+    let src = data.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let py = zeroflow_tests::workspace_root().join("tests/python/executors");
+    std::fs::copy(py.join("appender.py"), src.join("appender.py")).unwrap();
+    std::fs::copy(py.join("appender.yml"), src.join("config.yml")).unwrap();
+    let archive = data.join("echo.tar.gz");
+    let st = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .args(["config.yml", "appender.py"])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let (s, ct, v) = server.call(
+        "POST",
+        "/executors",
+        Some(&token),
+        Some(Body::Form(vec![
+            "name=pushed".into(),
+            "tag=v1".into(),
+            format!("archive=@{}", archive.display()),
+        ])),
+    );
+    assert_eq!((s, ct.as_str()), (201, "application/json"), "{v}");
+    assert_eq!(v["uses"], "jinaai+docker://carol/pushed:v1");
+    // A folder without config.yml is refused, naming the missing file.
+    let bad = data.join("bad.tar.gz");
+    std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&bad)
+        .arg("-C")
+        .arg(&src)
+        .arg("appender.py")
+        .status()
+        .expect("tar");
+    let (s, _, v) = server.call(
+        "POST",
+        "/executors",
+        Some(&token),
+        Some(Body::Form(vec![
+            "name=broken".into(),
+            format!("archive=@{}", bad.display()),
+        ])),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("config.yml")),
+        "{v}"
+    );
+
+    let id = deploy(
+        &server,
+        &token,
+        "jtype: Flow\nexecutors:\n  - name: e\n    uses: jinaai+docker://carol/pushed:v1\n",
+    );
+    let v = server.wait_phase(&token, &id, "Serving", Duration::from_secs(120));
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &gateway(&v), "--suffix=-py"],
+    );
+    server.stop();
+}
