@@ -532,3 +532,26 @@ fn an_executor_pushed_through_the_api_runs_in_a_flow() {
     );
     server.stop();
 }
+
+#[test]
+fn a_flow_whose_executor_cannot_start_fails_with_its_output() {
+    let data = temp_dir("server-failed");
+    let server = Server::start(&data, free_port());
+    let token = server.token("dave");
+    let id = deploy(
+        &server,
+        &token,
+        "jtype: Flow\nexecutors:\n  - name: broken\n    command: zeroflow-test-executor --boom-from-the-executor\n",
+    );
+    let v = server.wait_phase(&token, &id, "Failed", Duration::from_secs(60));
+    let err = v["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("boom-from-the-executor"),
+        "the error carries the Executor's output: {v}"
+    );
+    // A failed Flow is removed at once (the public client's remove waits for Deleted).
+    let (s, _, _) = server.call("DELETE", &format!("/flows/{id}"), Some(&token), None);
+    assert_eq!(s, 200);
+    assert_eq!(server.phase(&token, &id), "Deleted");
+    server.stop();
+}
