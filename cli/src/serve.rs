@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use zeroflow_gateway::Gateway;
-use zeroflow_platform::local::{LocalOptions, LocalRuntime};
-use zeroflow_spec::{Protocol, Source};
+use zeroflow_platform::local::LocalOptions;
+use zeroflow_platform::server::flows::{self, RunningFlow};
+use zeroflow_spec::Source;
 
 /// Exit codes, as sysexits: bad input 65, cannot start 69, internal 70.
 const EX_DATAERR: i32 = 65;
@@ -129,56 +129,31 @@ pub async fn serve(args: ServeArgs) -> i32 {
     opts.env.extend(flow.env.clone());
 
     // Bind first, so a taken port fails before any Executor starts.
-    let mut listeners = vec![];
-    for (i, l) in flow.gateway.listeners.iter().enumerate() {
-        let port = args.port.get(i).copied().or(l.port).unwrap_or(0);
-        match tokio::net::TcpListener::bind((args.host.as_str(), port)).await {
-            Ok(sock) => listeners.push((l.protocol, sock)),
-            Err(e) => {
-                eprintln!(
-                    "error: the gateway cannot listen on {}:{port} for {:?}: {e}",
-                    args.host, l.protocol
-                );
-                return EX_UNAVAILABLE;
-            }
-        }
-    }
-
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = zeroflow_activator::ActivatorMetrics::new(&mut registry);
-    let runtime = match LocalRuntime::new(&flow, opts.clone(), throttle_settings, Some(metrics)) {
-        Ok(r) => Arc::new(r),
+    let listeners = match flows::bind_listeners(&flow, &args.host, &args.port, true).await {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
             return EX_UNAVAILABLE;
         }
     };
-    let gateway = match Gateway::new(&flow, runtime.shards()) {
-        Ok(g) => Arc::new(g),
+    let mut running = match RunningFlow::new(&flow, opts.clone()) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            return EX_DATAERR;
+            return EX_UNAVAILABLE;
         }
     };
-    let registry = Arc::new(parking_lot::Mutex::new(registry));
     // Every scaling event is printed as it happens.
-    let mut events = runtime.subscribe();
+    let mut events = running.runtime.subscribe();
     tokio::spawn(async move {
         while let Ok(ev) = events.recv().await {
             println!("[{}] {ev}", clock());
         }
     });
-    let initial = |e: &zeroflow_spec::Executor| {
-        if e.jcloud.autoscale_set {
-            e.jcloud.autoscale.min
-        } else {
-            e.replicas
-        }
-    };
     let at_zero: Vec<&str> = flow
         .executors
         .iter()
-        .filter(|e| initial(e) == 0)
+        .filter(|e| flows::initial_replicas(e) == 0)
         .map(|e| e.name.as_str())
         .collect();
     eprintln!(
@@ -191,34 +166,21 @@ pub async fn serve(args: ServeArgs) -> i32 {
             format!(" ({} at zero until the first request)", at_zero.join(", "))
         }
     );
-    runtime.start(initial);
-    if let Err(e) = runtime.wait_settled(opts.startup_timeout).await {
+    if let Err(e) = running.start().await {
         eprintln!("error: {e}");
-        runtime
-            .shutdown(opts.drain_timeout + Duration::from_secs(15))
-            .await;
+        running.stop().await;
         return EX_UNAVAILABLE;
     }
-    gateway.discover_endpoints().await;
-    let autoscaling = zeroflow_platform::scaling::start(
-        &flow,
-        runtime.clone(),
-        autoscaler_config,
-        &mut registry.lock(),
-    );
+    running.start_autoscaling(autoscaler_config);
+    let running = Arc::new(running);
 
     if let Some(port) = args.metrics_port {
-        let gw = gateway.clone();
+        let r = running.clone();
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let gw = gw.clone();
-                let registry = registry.clone();
-                async move {
-                    let mut out = gw.metrics_text();
-                    let _ = prometheus_client::encoding::text::encode(&mut out, &registry.lock());
-                    out
-                }
+                let r = r.clone();
+                async move { r.metrics_text() }
             }),
         );
         match tokio::net::TcpListener::bind((args.host.as_str(), port)).await {
@@ -231,15 +193,11 @@ pub async fn serve(args: ServeArgs) -> i32 {
 
     println!("Flow is serving. Endpoints:");
     for (protocol, l) in &listeners {
-        let scheme = match protocol {
-            Protocol::Grpc => "grpc",
-            Protocol::Http => "http",
-            Protocol::Websocket => "http",
-        };
         if let Ok(addr) = l.local_addr() {
             println!(
-                "  {:<10} {scheme}://{addr}",
-                format!("{protocol:?}").to_lowercase()
+                "  {:<10} {}://{addr}",
+                flows::protocol_name(*protocol),
+                flows::scheme(*protocol)
             );
         }
     }
@@ -247,34 +205,32 @@ pub async fn serve(args: ServeArgs) -> i32 {
         println!(
             "  executor   {:<20} {} replica(s) ready",
             e.name,
-            runtime.ready_replicas(&e.name)
+            running.runtime.ready_replicas(&e.name)
         );
     }
     println!("Press Ctrl-C to stop.");
 
-    let served = zeroflow_gateway::serve(gateway, listeners, shutdown_signal()).await;
+    let served = running.serve_until(listeners, shutdown_signal()).await;
     eprintln!("Stopping: draining replicas...");
-    drop(autoscaling);
-    runtime
-        .shutdown(opts.drain_timeout + Duration::from_secs(15))
-        .await;
     let _ = std::fs::remove_dir_all(&work_dir);
+    match Arc::try_unwrap(running) {
+        Ok(r) => r.stop().await,
+        // The metrics server still holds a handle; stopping the runtime is what matters.
+        Err(r) => {
+            r.runtime
+                .shutdown(opts.drain_timeout + Duration::from_secs(15))
+                .await
+        }
+    }
     match served {
         Ok(()) => {
             eprintln!("Stopped.");
             0
         }
         Err(e) => {
-            eprintln!("error: the gateway failed: {e:#}");
+            eprintln!("error: {e}");
             70
         }
-    }
-}
-
-fn throttle_settings(e: &zeroflow_spec::Executor) -> zeroflow_activator::ThrottleSettings {
-    zeroflow_activator::ThrottleSettings {
-        request_timeout: e.jcloud.autoscale.revision_timeout,
-        ..Default::default()
     }
 }
 
