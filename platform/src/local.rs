@@ -29,7 +29,7 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
     #[error(
-        "replica {replica} of Executor {executor} failed to start ({status}). Last lines of its output:\n{tail}"
+        "replica {replica} of Executor {executor} failed to start: it exited before it served ({status}). Last lines of its output:\n{tail}"
     )]
     Failed {
         executor: String,
@@ -354,7 +354,7 @@ pub async fn start_replica_logged(
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
-    {
+    let stderr_done = {
         let tail = tail.clone();
         let logs = logs.clone();
         let (executor, replica) = (exec.name.clone(), replica_id.to_string());
@@ -367,8 +367,8 @@ pub async fn start_replica_logged(
                 }
                 push_tail(&tail, line);
             }
-        });
-    }
+        })
+    };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
     {
         let tail = tail.clone();
@@ -394,11 +394,27 @@ pub async fn start_replica_logged(
     let text =
         |t: &Arc<Mutex<VecDeque<String>>>| t.lock().iter().cloned().collect::<Vec<_>>().join("\n");
     let ready = tokio::select! {
-        r = ready_rx => r.ok(),
+        r = ready_rx => match r {
+            Ok(line) => Some(line),
+            // The shim's stdout closed without the ready line: it is exiting, which is a failed
+            // start, not a timeout. Its exit status and last output say why.
+            Err(_) => {
+                let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                    Ok(Ok(s)) => s.to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        "its output closed; killed".to_string()
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
+                return Err(RuntimeError::Failed { executor: exec.name.clone(), replica: replica_id.into(), status, tail: text(&tail) });
+            }
+        },
         status = child.wait() => {
-            // Give the output readers a moment to take the last lines.
             let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            tokio::task::yield_now().await;
+            // Let the output readers take the last lines.
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
             return Err(RuntimeError::Failed { executor: exec.name.clone(), replica: replica_id.into(), status, tail: text(&tail) });
         }
         _ = tokio::time::sleep(opts.startup_timeout + Duration::from_secs(5)) => None,

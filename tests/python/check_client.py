@@ -107,7 +107,16 @@ def echo_text(a):
     check(r[0].text == 'wake' + a.suffix, f'answered {r[0].text!r} in {time.monotonic() - t0:.3f} s')
 
 
-SCENARIOS = {f.__name__: f for f in [rust_flow_grpc, rust_flow_http, python_flow, single, echo_text]}
+def hello_world(a):
+    """The `jc new` project's Flow: every text comes back as 'hello, world!'."""
+    c = Client(host=a.grpc)
+    check(c.is_flow_ready(), 'is_flow_ready() is True')
+    docs = DocList[TextDoc]([TextDoc(text=f't{i}') for i in range(3)])
+    r = c.post('/', inputs=docs, return_type=DocList[TextDoc])
+    check(texts(r) == ['hello, world!'] * 3, f'the project Executor answered: {texts(r)}')
+
+
+SCENARIOS = {f.__name__: f for f in [rust_flow_grpc, rust_flow_http, python_flow, single, echo_text, hello_world]}
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()

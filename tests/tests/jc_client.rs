@@ -107,7 +107,8 @@ impl Server {
 
     fn json(&self, args: &[&str]) -> Value {
         let s = self.ok(args);
-        serde_json::from_str(&s).unwrap_or_else(|e| panic!("jc {args:?} printed no JSON ({e}): {s}"))
+        serde_json::from_str(&s)
+            .unwrap_or_else(|e| panic!("jc {args:?} printed no JSON ({e}): {s}"))
     }
 
     fn stop(mut self) {
@@ -198,14 +199,30 @@ fn deploy_operate_and_call_a_flow_through_jc() {
     let status = server.json(&["flow", "status", &id, "--json"]);
     assert_eq!(status["status"]["phase"], "Serving", "{status}");
     let shown = server.ok(&["flow", "status", &id, "--verbose"]);
-    assert!(shown.contains("Serving") && shown.contains("echo"), "{shown}");
+    assert!(
+        shown.contains("Serving") && shown.contains("echo"),
+        "{shown}"
+    );
 
     // The unmodified jina.Client at the endpoint the status gives.
     let grpc = gateway_of(&status);
-    run_python("check_client.py", &["echo_text", "--grpc", &grpc, "--suffix=-z"]);
+    run_python(
+        "check_client.py",
+        &["echo_text", "--grpc", &grpc, "--suffix=-z"],
+    );
 
     // Scale, then restart one Executor: each waits until Serving again.
-    server.ok(&["flow", "scale", &id, "--executor", "echo", "--replicas", "2", "--timeout", "2m"]);
+    server.ok(&[
+        "flow",
+        "scale",
+        &id,
+        "--executor",
+        "echo",
+        "--replicas",
+        "2",
+        "--timeout",
+        "2m",
+    ]);
     let status = server.json(&["flow", "status", &id, "--json"]);
     assert_eq!(status["status"]["phase"], "Serving");
     let spec = &status["spec"];
@@ -214,7 +231,15 @@ fn deploy_operate_and_call_a_flow_through_jc() {
         v => v.pointer("/executors/0/replicas").and_then(Value::as_u64) == Some(2),
     };
     assert!(replicas_2, "the spec shows the new replica count: {spec}");
-    server.ok(&["flow", "restart", &id, "--executor", "echo", "--timeout", "2m"]);
+    server.ok(&[
+        "flow",
+        "restart",
+        &id,
+        "--executor",
+        "echo",
+        "--timeout",
+        "2m",
+    ]);
 
     // Logs: the gateway's by default, an Executor's by name; --json is the server's shape.
     server.ok(&["flow", "logs", &id]);
@@ -237,17 +262,31 @@ fn deploy_operate_and_call_a_flow_through_jc() {
     );
 
     // Secrets, in the Python-literal form the JCloud docs use.
-    server.ok(&["secret", "create", "db", &id, "--from-literal", "{'USER': 'me', 'PASS': 'pw'}"]);
+    server.ok(&[
+        "secret",
+        "create",
+        "db",
+        &id,
+        "--from-literal",
+        "{'USER': 'me', 'PASS': 'pw'}",
+    ]);
     let secrets = server.json(&["secrets", "list", &id, "--json"]);
     assert!(secrets.to_string().contains("\"db\""), "{secrets}");
     let table = server.ok(&["secret", "list", &id]);
     assert!(table.contains("db") && table.contains("USER"), "{table}");
-    assert!(!table.contains("pw"), "the list shows keys, not values: {table}");
+    assert!(
+        !table.contains("pw"),
+        "the list shows keys, not values: {table}"
+    );
 
     // An unknown ID: the server's error plus where to find the right one.
     let out = server.jc(&["flow", "status", "no-such-flow"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("check the ID with `jc flow list`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("check the ID with `jc flow list`"),
+        "{}",
+        stderr(&out)
+    );
 
     // Remove waits until Deleted; the default list no longer shows it.
     server.ok(&["flow", "remove", &id, "--timeout", "2m"]);
@@ -278,7 +317,11 @@ fn failures_that_need_no_server_say_what_to_do() {
     // No token: exit 1 (the public client exits 0) with where to get one.
     let out = jc(&["flow", "list"], None);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("jc server token create"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("jc server token create"),
+        "{}",
+        stderr(&out)
+    );
 
     // A token in $JINA_HUB_ROOT/config.json is used; nothing listens: exit 69 and what to do.
     let out = jc(&["login", "--token", "t0ken"], None);
@@ -298,7 +341,10 @@ fn failures_that_need_no_server_say_what_to_do() {
     // Usage errors exit 2.
     let out = jc(&["flow", "restart"], Some("t"));
     assert_eq!(out.status.code(), Some(2));
-    let out = jc(&["secret", "create", "s", "f", "--from-literal", "{'K': V}"], Some("t"));
+    let out = jc(
+        &["secret", "create", "s", "f", "--from-literal", "{'K': V}"],
+        Some("t"),
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--from-literal"), "{}", stderr(&out));
     let out = jc(&["flow", "deploy", "/nonexistent/zeroflow"], Some("t"));
@@ -315,7 +361,13 @@ fn jc_new_makes_a_project_whose_executor_runs_on_jina_3_34() {
         .expect("run jc new");
     assert!(out.status.success(), "{}", stderr(&out));
     let project = parent.join("helloworld");
-    for f in [".env", "flow.yml", "executor1/config.yml", "executor1/executor.py", "executor1/requirements.txt"] {
+    for f in [
+        ".env",
+        "flow.yml",
+        "executor1/config.yml",
+        "executor1/executor.py",
+        "executor1/requirements.txt",
+    ] {
         assert!(project.join(f).exists(), "{f} is missing");
     }
     // The Executor loads from its config and answers as the template says.

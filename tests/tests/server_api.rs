@@ -549,6 +549,11 @@ fn a_flow_whose_executor_cannot_start_fails_with_its_output() {
         err.contains("boom-from-the-executor"),
         "the error carries the Executor's output: {v}"
     );
+    // A replica that exits at once did not time out: the error says it exited.
+    assert!(
+        err.contains("exited before it served") && !err.contains("not ready within"),
+        "{v}"
+    );
     // A failed Flow is removed at once (the public client's remove waits for Deleted).
     let (s, _, _) = server.call("DELETE", &format!("/flows/{id}"), Some(&token), None);
     assert_eq!(s, 200);

@@ -27,13 +27,28 @@ pub fn free_port() -> u16 {
 impl Server {
     /// Starts `jc server` on `port` with `data` and waits until the API answers.
     pub fn start(data: &Path, port: u16) -> Server {
-        let child = Command::new(bin("jc"))
-            .args(["server", "--port", &port.to_string(), "--data-dir"])
-            .arg(data)
+        Self::start_with(data, port, &[], false)
+    }
+
+    /// [`Server::start`] with extra environment, and with `--data-dir` given as a path relative
+    /// to the server's working folder when `relative` (the folder is `data`'s parent).
+    pub fn start_with(data: &Path, port: u16, envs: &[(String, String)], relative: bool) -> Server {
+        let mut cmd = Command::new(bin("jc"));
+        cmd.args(["server", "--port", &port.to_string(), "--data-dir"]);
+        if relative {
+            let name = data.file_name().expect("a data folder name");
+            let parent = data.parent().expect("a data folder parent");
+            std::fs::create_dir_all(parent).expect("data parent");
+            cmd.arg(name).current_dir(parent);
+        } else {
+            cmd.arg(data);
+        }
+        let child = cmd
             // Quick drains keep pause and remove prompt; the public client polls every 5 s.
             .args(["--drain-timeout", "5"])
             .env("PATH", path_with_venv())
             .env("JINA_OPTOUT_TELEMETRY", "1")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

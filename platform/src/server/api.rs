@@ -4,7 +4,7 @@
 //! `application/json` with an `error` key naming the problem: the client parses the body
 //! before it looks at the status.
 
-use super::control::{Controller, DeployError, SpecRejected, load_spec};
+use super::control::{Controller, DeployError, SpecRejected};
 use super::jobs::{JobSpec, initial_status};
 use super::router::{self, Route, RouteError, Verb};
 use super::store::{Desired, FlowRecord, JobRecord, Kind, Phase, SecretRecord};
@@ -16,8 +16,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Largest request body taken (a Flow YAML, or a pushed Executor's archive).
+/// Largest request body taken when archives are small: a Flow YAML, a pushed Executor's or a
+/// project's archive. The limit grows with the archive limit (see [`body_limit`]).
 const BODY_LIMIT: usize = 64 << 20;
+/// Room for the other multipart fields (the spec) beside an archive at its size limit.
+const BODY_SLACK: usize = 8 << 20;
+
+/// The request body limit: an archive at its limit plus the spec must fit, so that an archive
+/// over the limit is refused by the archive checks, naming the limit.
+fn body_limit(c: &Controller) -> usize {
+    let archive = usize::try_from(c.cfg.archive_limits.max_compressed_bytes).unwrap_or(usize::MAX);
+    archive.saturating_add(BODY_SLACK).max(BODY_LIMIT)
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -69,6 +79,14 @@ impl From<DeployError> for ApiError {
                     .with("errors", json!([why]))
             }
             DeployError::NoExecutor(_) => ApiError::not_found(e.to_string()),
+            DeployError::Refused {
+                too_large: true,
+                message,
+            } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message),
+            DeployError::Refused { message, .. } => ApiError::bad(message),
+            DeployError::NoArtifactStore => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string())
+            }
             DeployError::Store(e) => ApiError::internal(e),
             DeployError::Flow(e) => ApiError::internal(e),
             DeployError::Internal(e) => ApiError::internal(e),
@@ -90,9 +108,10 @@ type Result<T> = std::result::Result<T, ApiError>;
 
 /// The API as an axum router over the controller.
 pub fn router(ctrl: Arc<Controller>) -> axum::Router {
+    let limit = body_limit(&ctrl);
     axum::Router::new()
         .fallback(dispatch)
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(ctrl)
 }
 
@@ -195,6 +214,13 @@ async fn body_bytes(req: Request) -> Result<bytes::Bytes> {
         .map_err(|e| ApiError::bad(format!("cannot read the request body: {e}")))
 }
 
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
 fn is_multipart(req: &Request) -> bool {
     req.headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -202,32 +228,42 @@ fn is_multipart(req: &Request) -> bool {
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"))
 }
 
-/// Multipart fields by name (text and bytes).
-async fn multipart_fields(req: Request) -> Result<BTreeMap<String, bytes::Bytes>> {
+/// Multipart fields by name (text and bytes). A body over `limit` is a 413.
+async fn multipart_fields(req: Request, limit: usize) -> Result<BTreeMap<String, bytes::Bytes>> {
     let mut mp = Multipart::from_request(req, &())
         .await
         .map_err(|e| ApiError::bad(format!("cannot read the multipart body: {e}")))?;
+    let failed = |e: axum::extract::multipart::MultipartError, what: &str| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(limit)
+        } else {
+            ApiError::bad(format!("cannot read {what}: {e}"))
+        }
+    };
     let mut out = BTreeMap::new();
     while let Some(f) = mp
         .next_field()
         .await
-        .map_err(|e| ApiError::bad(format!("cannot read the multipart body: {e}")))?
+        .map_err(|e| failed(e, "the multipart body"))?
     {
         let name = f.name().unwrap_or("").to_string();
         let data = f
             .bytes()
             .await
-            .map_err(|e| ApiError::bad(format!("cannot read multipart field {name:?}: {e}")))?;
+            .map_err(|e| failed(e, &format!("multipart field {name:?}")))?;
         out.insert(name, data);
     }
     Ok(out)
 }
 
 /// The Flow YAML of a request: multipart field `spec` (the public client), a JSON
-/// `{"spec": "..."}`, or the YAML as the whole body.
-async fn read_spec(req: Request) -> Result<String> {
+/// `{"spec": "..."}`, or the YAML as the whole body; and the project folder as a .tar.gz when
+/// the multipart body has an `archive` field (our `jc flow deploy DIR`).
+async fn read_upload(c: &Controller, req: Request) -> Result<(String, Option<bytes::Bytes>)> {
+    let mut archive = None;
     let bytes = if is_multipart(&req) {
-        let mut fields = multipart_fields(req).await?;
+        let mut fields = multipart_fields(req, body_limit(c)).await?;
+        archive = fields.remove("archive");
         fields.remove("spec").ok_or_else(|| {
             ApiError::bad(
                 "the multipart body has no `spec` field: send the Flow YAML as field `spec`",
@@ -252,7 +288,7 @@ async fn read_spec(req: Request) -> Result<String> {
     if text.trim().is_empty() {
         return Err(ApiError::bad("the spec is empty: send the Flow YAML"));
     }
-    Ok(text)
+    Ok((text, archive))
 }
 
 async fn read_json(req: Request) -> Result<serde_json::Map<String, Value>> {
@@ -316,7 +352,7 @@ fn cph(flow: Option<&zeroflow_spec::Flow>) -> Value {
 }
 
 fn flow_json(c: &Controller, rec: &FlowRecord) -> Value {
-    let flow = load_spec(&rec.spec).ok().map(|l| l.flow);
+    let flow = c.load_record(rec).ok().map(|l| l.flow);
     let spec = serde_yaml_ng::from_str::<Value>(&rec.spec)
         .unwrap_or_else(|_| Value::String(rec.spec.clone()));
     let alive = rec.phase == Phase::Serving;
@@ -457,8 +493,13 @@ async fn handle(
     Ok(match route {
         Route::Health | Route::OpenApi => unreachable_route(),
         Route::Validate(_) => {
-            let yaml = read_spec(req).await?;
-            let errors = match c.check_spec(user, &yaml).await {
+            let (yaml, archive) = read_upload(c, req).await?;
+            let staged = match archive {
+                Some(a) => Some(c.stage_project(a, &yaml).await?),
+                None => None,
+            };
+            let project = staged.as_ref().map(|s| &s.project);
+            let errors = match c.check_spec(user, &yaml, project).await {
                 Ok(_) => vec![],
                 Err(SpecRejected::Invalid(e)) => e,
                 Err(SpecRejected::Unrunnable(e)) => vec![e],
@@ -471,8 +512,8 @@ async fn handle(
             reply(StatusCode::OK, body)
         }
         Route::Create(kind) => {
-            let yaml = read_spec(req).await?;
-            let rec = c.deploy(user, kind, &yaml).await?;
+            let (yaml, archive) = read_upload(c, req).await?;
+            let rec = c.deploy(user, kind, &yaml, archive).await?;
             reply(StatusCode::CREATED, flow_json(c, &rec))
         }
         Route::List(kind) => {
@@ -526,8 +567,8 @@ async fn handle(
         Route::Update(kind, id) => {
             let rec = get_owned(c, user, kind, &id)?;
             not_deleted(&rec)?;
-            let yaml = read_spec(req).await?;
-            c.update(&rec, &yaml).await?;
+            let (yaml, archive) = read_upload(c, req).await?;
+            c.update(&rec, &yaml, archive).await?;
             accepted(&rec, c)
         }
         Route::Delete(kind, id) => {
@@ -550,7 +591,8 @@ async fn handle(
                 Verb::Resume => c.resume(&rec)?,
                 Verb::Scale => {
                     let n = parse_replicas(q)?;
-                    let flow = load_spec(&rec.spec)
+                    let flow = c
+                        .load_record(&rec)
                         .map_err(|e| ApiError::internal(e.join("; ")))?
                         .flow;
                     let Some(e) = flow.executors.first() else {
@@ -585,7 +627,7 @@ async fn handle(
         }
         Route::ExecutorLogs(id, name) => {
             let rec = get_owned(c, user, Kind::Flow, &id)?;
-            let flow = load_spec(&rec.spec).ok().map(|l| l.flow);
+            let flow = c.load_record(&rec).ok().map(|l| l.flow);
             if !flow.is_some_and(|f| f.executors.iter().any(|e| e.name == name)) {
                 return Err(ApiError::not_found(format!(
                     "no Executor named {name:?} in Flow {id}"
@@ -595,7 +637,8 @@ async fn handle(
         }
         Route::DeploymentLogs(id) => {
             let rec = get_owned(c, user, Kind::Deployment, &id)?;
-            let name = load_spec(&rec.spec)
+            let name = c
+                .load_record(&rec)
                 .ok()
                 .and_then(|l| l.flow.executors.first().map(|e| e.name.clone()))
                 .unwrap_or_default();
@@ -863,7 +906,7 @@ async fn push_executor(c: &Arc<Controller>, user: &str, req: Request) -> Result<
             "send multipart/form-data with fields `name`, `tag` (optional) and `archive` (a .tar.gz of the Executor folder)",
         ));
     }
-    let mut fields = multipart_fields(req).await?;
+    let mut fields = multipart_fields(req, body_limit(c)).await?;
     let text = |f: Option<bytes::Bytes>| f.map(|b| String::from_utf8_lossy(&b).trim().to_string());
     let name = text(fields.remove("name")).unwrap_or_default();
     safe_name("name", &name)?;

@@ -7,6 +7,7 @@
 use super::ServerConfig;
 use super::flows::{FlowError, RunningFlow, bind_listeners, scheme};
 use super::names;
+use super::project::{self, Project};
 use super::resolver::{ExecutorResolver, resolve_flow};
 use super::store::{Desired, FlowRecord, Kind, Phase, Store, StoreError};
 use crate::local::{LocalOptions, LocalRuntime};
@@ -73,8 +74,18 @@ pub struct Controller {
 /// Loads a spec as the server does: no server environment leaks into `${{ ENV.X }}` (the client
 /// substituted what it meant to), so unresolved variables stay as written.
 pub fn load_spec(yaml: &str) -> Result<zeroflow_spec::Loaded, Vec<String>> {
+    load_spec_with(yaml, None)
+}
+
+/// [`load_spec`] with a deployed project's `.env` as the context of `${{ context.X }}` and
+/// `${{ X }}`.
+pub fn load_spec_with(
+    yaml: &str,
+    context: Option<&BTreeMap<String, String>>,
+) -> Result<zeroflow_spec::Loaded, Vec<String>> {
     let source = Source {
         name: "spec".into(),
+        context: context.cloned().unwrap_or_default(),
         ..Default::default()
     };
     zeroflow_spec::load(yaml, &source).map_err(|e| e.errors.iter().map(|d| d.to_string()).collect())
@@ -106,16 +117,26 @@ impl Controller {
             .clone()
     }
 
-    /// Checks a spec fully: it loads, and every Executor can run here (pushed Executors exist).
-    pub async fn check_spec(&self, user: &str, yaml: &str) -> Result<Flow, SpecRejected> {
-        let loaded = load_spec(yaml).map_err(SpecRejected::Invalid)?;
+    /// Checks a spec fully: it loads (with the project's `.env`), the files it names are in its
+    /// project, and every Executor can run here (pushed Executors exist).
+    pub async fn check_spec(
+        &self,
+        user: &str,
+        yaml: &str,
+        project: Option<&Project>,
+    ) -> Result<Flow, SpecRejected> {
+        let loaded =
+            load_spec_with(yaml, project.map(|p| &p.context)).map_err(SpecRejected::Invalid)?;
         let mut flow = loaded.flow;
+        if let Some(p) = project {
+            project::check_files(&flow, &p.dir).map_err(SpecRejected::Invalid)?;
+        }
         resolve_flow(&mut flow, user, self.resolver.as_ref())
             .await
             .map_err(SpecRejected::Unrunnable)?;
         crate::local::LocalRuntime::new(
             &flow,
-            self.local_options("check"),
+            self.local_options("check", project.map(|p| p.dir.as_path())),
             super::flows::throttle_settings,
             None,
         )
@@ -127,28 +148,148 @@ impl Controller {
         self.cfg.data_dir.join("flows").join(id)
     }
 
-    fn local_options(&self, id: &str) -> LocalOptions {
+    /// Options to run Flow `id`: from its project folder when it has one, else its own folder.
+    fn local_options(&self, id: &str, project_dir: Option<&std::path::Path>) -> LocalOptions {
         let dir = self.flow_dir(id);
-        let mut opts = LocalOptions::discover(dir.clone(), dir.join("work"));
+        let run_dir = project_dir.map_or_else(|| dir.clone(), std::path::Path::to_path_buf);
+        let mut opts = LocalOptions::discover(run_dir, dir.join("work"));
         opts.startup_timeout = self.cfg.startup_timeout;
         opts.drain_timeout = self.cfg.drain_timeout;
         opts
     }
 
+    // ---- deployed project folders
+
+    /// Unpacks an uploaded project into a scratch folder to check it (and the spec beside it)
+    /// before anything is stored.
+    pub async fn stage_project(
+        &self,
+        archive: bytes::Bytes,
+        yaml: &str,
+    ) -> Result<project::Staged, DeployError> {
+        if self.registry.is_none() {
+            return Err(DeployError::NoArtifactStore);
+        }
+        let parent = self.cfg.data_dir.join("tmp");
+        let limits = self.cfg.archive_limits;
+        let yaml = yaml.to_string();
+        tokio::task::spawn_blocking(move || project::stage(archive, &parent, &limits, &yaml))
+            .await
+            .map_err(|e| DeployError::Internal(e.to_string()))?
+            .map_err(|r| DeployError::Refused {
+                too_large: r.too_large,
+                message: r.message,
+            })
+    }
+
+    /// Stores a checked project as Flow `id`'s (replacing an older one). Its folder is unpacked
+    /// when the Flow starts.
+    async fn store_project(
+        &self,
+        user: &str,
+        id: &str,
+        staged: &project::Staged,
+    ) -> Result<(), DeployError> {
+        use zeroflow_artifacts::registry::RegistryError;
+        let Some(registry) = &self.registry else {
+            return Err(DeployError::NoArtifactStore);
+        };
+        match registry.push_project(user, id, staged.bytes.clone()).await {
+            Ok(_) => Ok(()),
+            Err(RegistryError::Archive { source, .. }) => {
+                let r = project::Refused::from_archive(&source);
+                Err(DeployError::Refused {
+                    too_large: r.too_large,
+                    message: r.message,
+                })
+            }
+            Err(e @ (RegistryError::MissingFile { .. } | RegistryError::BadName { .. })) => {
+                Err(DeployError::Refused {
+                    too_large: false,
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => Err(DeployError::Internal(format!(
+                "cannot store the project folder: {e}"
+            ))),
+        }
+    }
+
+    /// Flow `id`'s project folder, unpacked from the artifact store if the local copy is missing
+    /// or stale; None when the Flow was deployed without one.
+    pub async fn stored_project(&self, user: &str, id: &str) -> Result<Option<Project>, String> {
+        use zeroflow_artifacts::registry::RegistryError;
+        let Some(registry) = &self.registry else {
+            return Ok(None);
+        };
+        match registry.materialize_project(user, id).await {
+            Ok(dir) => Ok(Some(Project::at(dir))),
+            Err(RegistryError::ProjectNotFound { .. }) | Err(RegistryError::BadName { .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(format!("cannot fetch the Flow's project folder: {e}")),
+        }
+    }
+
+    /// The `.env` of Flow `rec`'s project, read from its local copy (empty without one).
+    pub fn project_context(&self, rec: &FlowRecord) -> BTreeMap<String, String> {
+        match &self.registry {
+            Some(r) => {
+                project::read_dotenv(&r.cache_dir().join("projects").join(&rec.user).join(&rec.id))
+            }
+            None => BTreeMap::new(),
+        }
+    }
+
+    /// The stored spec of `rec`, loaded with its project's `.env`.
+    pub fn load_record(&self, rec: &FlowRecord) -> Result<zeroflow_spec::Loaded, Vec<String>> {
+        load_spec_with(&rec.spec, Some(&self.project_context(rec)))
+    }
+
+    /// Removes a deleted Flow's project from the store and the local cache (best effort).
+    async fn forget_project(&self, user: &str, id: &str) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let key = zeroflow_artifacts::registry::Registry::project_key(user, id);
+        let record = format!("{}.json", key.trim_end_matches(".tar.gz"));
+        for k in [record, key] {
+            let _ = registry.store().delete(&k).await;
+        }
+        let dir = registry.cache_dir().join("projects").join(user).join(id);
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut marker = dir.into_os_string();
+        marker.push(".sha256");
+        let _ = std::fs::remove_file(marker);
+    }
+
     // ---- requests (each writes the store, then hands the work to a task)
 
-    /// Stores a new Flow (Pending) with its gateway ports chosen now, and starts it.
+    /// Stores a new Flow (Pending) with its gateway ports chosen now, and starts it. With an
+    /// `archive` (the project folder as .tar.gz), the archive and the spec are checked together,
+    /// and the archive is stored before the Flow is.
     pub async fn deploy(
         self: &Arc<Self>,
         user: &str,
         kind: Kind,
         yaml: &str,
+        archive: Option<bytes::Bytes>,
     ) -> Result<FlowRecord, DeployError> {
-        let flow = self.check_spec(user, yaml).await?;
+        let staged = match archive {
+            Some(a) => Some(self.stage_project(a, yaml).await?),
+            None => None,
+        };
+        let flow = self
+            .check_spec(user, yaml, staged.as_ref().map(|s| &s.project))
+            .await?;
         let id = names::new_id();
         // Bound now so the ports are known (and kept) before the answer; the same sockets are
         // then handed to the gateway.
         let listeners = bind_listeners(&flow, &self.cfg.host, &[], false).await?;
+        if let Some(s) = &staged {
+            self.store_project(user, &id, s).await?;
+        }
+        drop(staged);
         let ports = listeners
             .iter()
             .filter_map(|(_, l)| l.local_addr().ok().map(|a| a.port()))
@@ -168,7 +309,10 @@ impl Controller {
             ctime: now.clone(),
             utime: now,
         };
-        self.store.insert_flow(&rec)?;
+        if let Err(e) = self.store.insert_flow(&rec) {
+            self.forget_project(user, &id).await;
+            return Err(e.into());
+        }
         std::fs::create_dir_all(self.flow_dir(&id))
             .map_err(|e| DeployError::Internal(format!("cannot create the Flow's folder: {e}")))?;
         self.cell(&id).log(format!("deployed by {user}"));
@@ -176,9 +320,31 @@ impl Controller {
         Ok(rec)
     }
 
-    /// A new spec for an existing Flow: Updating, then restarted with it on the same ports.
-    pub async fn update(self: &Arc<Self>, rec: &FlowRecord, yaml: &str) -> Result<(), DeployError> {
-        let flow = self.check_spec(&rec.user, yaml).await?;
+    /// A new spec for an existing Flow: Updating, then restarted with it on the same ports. With
+    /// an `archive`, the project folder is replaced too; without one, the Flow keeps its project.
+    pub async fn update(
+        self: &Arc<Self>,
+        rec: &FlowRecord,
+        yaml: &str,
+        archive: Option<bytes::Bytes>,
+    ) -> Result<(), DeployError> {
+        let staged = match archive {
+            Some(a) => Some(self.stage_project(a, yaml).await?),
+            None => None,
+        };
+        let existing = match &staged {
+            Some(_) => None,
+            None => self
+                .stored_project(&rec.user, &rec.id)
+                .await
+                .map_err(DeployError::Internal)?,
+        };
+        let project = staged.as_ref().map(|s| &s.project).or(existing.as_ref());
+        let flow = self.check_spec(&rec.user, yaml, project).await?;
+        if let Some(s) = &staged {
+            self.store_project(&rec.user, &rec.id, s).await?;
+        }
+        drop(staged);
         self.store
             .set_spec(&rec.id, yaml, flow.name.as_deref(), &flow.jcloud.labels)?;
         self.store
@@ -245,7 +411,7 @@ impl Controller {
         executor: &str,
         replicas: u32,
     ) -> Result<(), DeployError> {
-        let loaded = load_spec(&rec.spec).map_err(SpecRejected::Invalid)?;
+        let loaded = self.load_record(rec).map_err(SpecRejected::Invalid)?;
         let Some(idx) = loaded
             .flow
             .executors
@@ -274,7 +440,7 @@ impl Controller {
         rec: &FlowRecord,
         executor: &str,
     ) -> Result<(), DeployError> {
-        let loaded = load_spec(&rec.spec).map_err(SpecRejected::Invalid)?;
+        let loaded = self.load_record(rec).map_err(SpecRejected::Invalid)?;
         if !loaded.flow.executors.iter().any(|e| e.name == executor) {
             return Err(DeployError::NoExecutor(executor.to_string()));
         }
@@ -432,6 +598,7 @@ impl Controller {
         match rec.desired {
             Desired::Deleted => {
                 let _ = std::fs::remove_dir_all(self.flow_dir(id).join("work"));
+                self.forget_project(&rec.user, id).await;
                 return;
             }
             Desired::Paused => {
@@ -500,7 +667,10 @@ impl Controller {
         ),
         String,
     > {
-        let mut flow = load_spec(&rec.spec).map_err(|e| e.join("; "))?.flow;
+        let project = self.stored_project(&rec.user, &rec.id).await?;
+        let mut flow = load_spec_with(&rec.spec, project.as_ref().map(|p| &p.context))
+            .map_err(|e| e.join("; "))?
+            .flow;
         resolve_flow(&mut flow, &rec.user, self.resolver.as_ref()).await?;
         for e in &mut flow.executors {
             for (env, r) in &e.env_from_secret {
@@ -526,9 +696,25 @@ impl Controller {
                 e.env.insert(env.clone(), v.clone());
             }
         }
-        let mut opts = self.local_options(&rec.id);
+        let mut opts = self.local_options(&rec.id, project.as_ref().map(|p| p.dir.as_path()));
         let _ = std::fs::create_dir_all(&opts.work_dir);
-        opts.env = flow.env.clone().into_iter().collect();
+        // The project's `.env` reaches the Executors too (as with `jc flow serve`); the spec's
+        // own `env` wins.
+        opts.env = project
+            .as_ref()
+            .map(|p| p.context.clone().into_iter().collect())
+            .unwrap_or_default();
+        opts.env.extend(flow.env.clone());
+        if let Some(p) = &project {
+            let python = project::python_for(&opts.jina);
+            if let Some(deps) =
+                project::install_requirements(&flow, &p.dir, &python, self.cfg.startup_timeout)
+                    .await?
+            {
+                opts.env
+                    .insert("PYTHONPATH".into(), project::python_path(&deps));
+            }
+        }
         let listeners = match listeners {
             Some(l) => l,
             None => {
@@ -620,6 +806,11 @@ pub enum DeployError {
     Flow(#[from] FlowError),
     #[error("no Executor named {0:?} in this Flow")]
     NoExecutor(String),
+    /// An uploaded archive that cannot be taken: malformed or unsafe (400), or over a limit (413).
+    #[error("{message}")]
+    Refused { too_large: bool, message: String },
+    #[error("this server has no artifact store to keep project folders in")]
+    NoArtifactStore,
     #[error("{0}")]
     Internal(String),
 }

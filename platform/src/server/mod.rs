@@ -10,6 +10,7 @@ pub mod flows;
 pub mod jobs;
 pub mod names;
 pub mod openapi;
+pub mod project;
 pub mod resolver;
 pub mod router;
 pub mod store;
@@ -30,6 +31,9 @@ pub struct ServerConfig {
     pub autoscaler: AutoscalerConfig,
     pub startup_timeout: Duration,
     pub drain_timeout: Duration,
+    /// What an uploaded archive (a pushed Executor or a deployed project) may weigh.
+    /// `ZEROFLOW_MAX_ARCHIVE_BYTES` sets the compressed size (default 100 MiB).
+    pub archive_limits: zeroflow_artifacts::archive::Limits,
 }
 
 impl ServerConfig {
@@ -47,6 +51,7 @@ impl ServerConfig {
             autoscaler: AutoscalerConfig::default(),
             startup_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
+            archive_limits: archive_limits_from_env(),
         }
     }
 
@@ -61,8 +66,24 @@ pub enum ServerError {
     Store(#[from] store::StoreError),
     #[error("the artifact store: {0}")]
     Artifacts(String),
+    #[error("{0}")]
+    DataDir(String),
     #[error("the API server failed: {0}")]
     Serve(String),
+}
+
+/// [`Limits`](zeroflow_artifacts::archive::Limits) with `ZEROFLOW_MAX_ARCHIVE_BYTES` (when set
+/// to a number) as the compressed size limit.
+pub fn archive_limits_from_env() -> zeroflow_artifacts::archive::Limits {
+    let mut limits = zeroflow_artifacts::archive::Limits::default();
+    if let Some(n) = std::env::var("ZEROFLOW_MAX_ARCHIVE_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| *n > 0)
+    {
+        limits.max_compressed_bytes = n;
+    }
+    limits
 }
 
 /// The default data directory: `$ZEROFLOW_DATA_DIR`, else `~/.zeroflow`.
@@ -89,14 +110,28 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let mut cfg = cfg;
+    // Absolute, so Executors (which run in their project folders) find what the paths name.
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        ServerError::DataDir(format!(
+            "cannot create the data folder {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
+    cfg.data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(|e| {
+        ServerError::DataDir(format!(
+            "cannot resolve the data folder {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
     let store = store::Store::open(&cfg.db_path())?;
     jobs::fail_orphans(&store);
     let artifacts = zeroflow_artifacts::store_from_env(&cfg.data_dir)
         .map_err(|e| ServerError::Artifacts(e.to_string()))?;
-    let registry = Arc::new(zeroflow_artifacts::registry::Registry::new(
-        artifacts,
-        cfg.data_dir.join("cache"),
-    ));
+    let registry = Arc::new(
+        zeroflow_artifacts::registry::Registry::new(artifacts, cfg.data_dir.join("cache"))
+            .with_limits(cfg.archive_limits),
+    );
     let resolver = Arc::new(resolver::RegistryResolver {
         registry: registry.clone(),
         fallback: resolver::DirResolver::new(cfg.data_dir.join("executors")),
