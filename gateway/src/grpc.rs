@@ -158,10 +158,24 @@ pub async fn routes(gw: Arc<Gateway>) -> tonic::service::Routes {
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(zeroflow_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("the built-in descriptor set is valid");
+    // Built once per process and shared: the descriptor set is parsed into an index that is the
+    // same for every Flow, and a server with a thousand Flows should not hold a thousand copies.
+    // (The service's type is opaque, so the cache holds it as `Any`.)
+    static REFLECTION: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>> =
+        std::sync::OnceLock::new();
+    fn cached<T: Clone + Send + Sync + 'static>(init: impl FnOnce() -> T) -> T {
+        REFLECTION
+            .get_or_init(|| Box::new(init()))
+            .downcast_ref::<T>()
+            .expect("one type is ever stored")
+            .clone()
+    }
+    let reflection = cached(|| {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(zeroflow_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the built-in descriptor set is valid")
+    });
     let mut b = tonic::service::Routes::builder();
     b.add_service(health_svc)
         .add_service(reflection)

@@ -69,6 +69,9 @@ pub struct Controller {
     cells: Mutex<HashMap<String, Arc<FlowCell>>>,
     /// Set when the server stops: no new Flow starts after that.
     stopping: std::sync::atomic::AtomicBool,
+    /// Loaded specs by Flow id, with the spec text and `.env` they came from: listing a
+    /// thousand Flows must not parse a thousand YAML documents each time.
+    loaded: Mutex<HashMap<String, (String, BTreeMap<String, String>, zeroflow_spec::Loaded)>>,
 }
 
 /// Loads a spec as the server does: no server environment leaks into `${{ ENV.X }}` (the client
@@ -106,6 +109,7 @@ impl Controller {
             jobs: Arc::new(super::jobs::Jobs::default()),
             cells: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            loaded: Mutex::new(HashMap::new()),
         })
     }
 
@@ -243,7 +247,18 @@ impl Controller {
 
     /// The stored spec of `rec`, loaded with its project's `.env`.
     pub fn load_record(&self, rec: &FlowRecord) -> Result<zeroflow_spec::Loaded, Vec<String>> {
-        load_spec_with(&rec.spec, Some(&self.project_context(rec)))
+        let context = self.project_context(rec);
+        if let Some((spec, ctx, loaded)) = self.loaded.lock().get(&rec.id)
+            && *spec == rec.spec
+            && *ctx == context
+        {
+            return Ok(loaded.clone());
+        }
+        let loaded = load_spec_with(&rec.spec, Some(&context))?;
+        self.loaded
+            .lock()
+            .insert(rec.id.clone(), (rec.spec.clone(), context, loaded.clone()));
+        Ok(loaded)
     }
 
     /// Removes a deleted Flow's project from the store and the local cache (best effort).
