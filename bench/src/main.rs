@@ -206,8 +206,7 @@ async fn run(args: &Args) -> Result<bool> {
         markdown.push_str(&part);
         all_ok &= ok;
         if let Some(path) = &args.markdown {
-            std::fs::write(path, &markdown)
-                .with_context(|| format!("write {}", path.display()))?;
+            std::fs::write(path, &markdown).with_context(|| format!("write {}", path.display()))?;
         }
         Ok(())
     };

@@ -51,7 +51,10 @@ fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, S
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -88,7 +91,11 @@ fn main() {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .expect("bin dir");
     let jc = bin_dir.join("jc");
-    assert!(jc.exists(), "{} is missing: build the workspace's binaries in this profile", jc.display());
+    assert!(
+        jc.exists(),
+        "{} is missing: build the workspace's binaries in this profile",
+        jc.display()
+    );
     let data = std::env::temp_dir().join(format!("zeroflow-bench-platform-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let port = free_port();
@@ -114,7 +121,10 @@ fn main() {
     );
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(60), "jc server did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "jc server did not listen"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let (_, idle_hwm) = rss_mib(server.0.id());
@@ -137,7 +147,10 @@ fn main() {
         if serving == n {
             break;
         }
-        assert!(t1.elapsed() < Duration::from_secs(600), "only {serving} of {n} Flows are Serving");
+        assert!(
+            t1.elapsed() < Duration::from_secs(600),
+            "only {serving} of {n} Flows are Serving"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let settle_s = t1.elapsed().as_secs_f64();
@@ -154,7 +167,11 @@ fn main() {
             .output()
             .expect("jc flow list");
         list_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert!(out.status.success(), "jc flow list failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "jc flow list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     list_ms.sort_by(f64::total_cmp);
 
@@ -189,14 +206,28 @@ fn main() {
     pass_ms.sort_by(f64::total_cmp);
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!("\nPlatform scenario: {n} Flows, each one Executor at zero replicas, on one `jc server`.");
+    println!(
+        "\nPlatform scenario: {n} Flows, each one Executor at zero replicas, on one `jc server`."
+    );
     println!("Deployed in {deploy_s:.1} s; all Serving {settle_s:.1} s later.\n");
     println!("| measure | value | target | |");
     println!("|---|---:|---:|---|");
     println!("| jc server memory at idle (high-water) | {idle_hwm:.1} MiB | | |");
-    println!("| jc server memory with {n} Flows (RSS / high-water) | {rss:.1} / {hwm:.1} MiB | ≤ 200 MiB | {} |", verdict(rss <= 200.0));
-    println!("| `jc flow list --json` p50 / max (10 runs) | {:.1} / {:.1} ms | < 100 ms | {} |", percentile(&list_ms, 0.5), percentile(&list_ms, 1.0), verdict(percentile(&list_ms, 0.5) < 100.0));
-    println!("| one scaling decision pass over {n} Executors p50 / max | {:.2} / {:.2} ms | | |", percentile(&pass_ms, 0.5), percentile(&pass_ms, 1.0));
+    println!(
+        "| jc server memory with {n} Flows (RSS / high-water) | {rss:.1} / {hwm:.1} MiB | ≤ 200 MiB | {} |",
+        verdict(rss <= 200.0)
+    );
+    println!(
+        "| `jc flow list --json` p50 / max (10 runs) | {:.1} / {:.1} ms | < 100 ms | {} |",
+        percentile(&list_ms, 0.5),
+        percentile(&list_ms, 1.0),
+        verdict(percentile(&list_ms, 0.5) < 100.0)
+    );
+    println!(
+        "| one scaling decision pass over {n} Executors p50 / max | {:.2} / {:.2} ms | | |",
+        percentile(&pass_ms, 0.5),
+        percentile(&pass_ms, 1.0)
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&data);
     let _ = ids;

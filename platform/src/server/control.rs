@@ -71,8 +71,11 @@ pub struct Controller {
     stopping: std::sync::atomic::AtomicBool,
     /// Loaded specs by Flow id, with the spec text and `.env` they came from: listing a
     /// thousand Flows must not parse a thousand YAML documents each time.
-    loaded: Mutex<HashMap<String, (String, BTreeMap<String, String>, zeroflow_spec::Loaded)>>,
+    loaded: Mutex<HashMap<String, LoadedSpec>>,
 }
+
+/// A cached load: the spec text and `.env` it came from, and the result.
+type LoadedSpec = (String, BTreeMap<String, String>, zeroflow_spec::Loaded);
 
 /// Loads a spec as the server does: no server environment leaks into `${{ ENV.X }}` (the client
 /// substituted what it meant to), so unresolved variables stay as written.
