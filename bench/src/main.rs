@@ -2,7 +2,10 @@
 //! same Rust test Executor is called three ways with one Rust load generator: directly, through
 //! `jc flow serve` (gateway + shim), and through Jina's own Python `jina gateway`; the bench prints
 //! requests/s and latency percentiles of each, and the ratios the project targets, as a markdown
-//! table. It is a report, not a test: it never fails on a missed target, only on wrong answers.
+//! table (`--scenario warm`). `--scenario cold` times the first request to an Executor at zero
+//! against the Executor's own start, `--scenario burst` sends 1000 requests at once to a Flow at
+//! zero (see cold.rs). It is a report, not a test: it never fails on a missed target, only on
+//! wrong answers.
 //!
 //! It starts every process it measures and stops them all on every exit path.
 
