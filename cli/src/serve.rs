@@ -1,6 +1,5 @@
 //! `jc flow serve` and `jc flow validate`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,30 +38,6 @@ pub struct ServeArgs {
     pub drain_timeout: u64,
 }
 
-/// Reads `.env` next to the Flow: `KEY=VALUE` lines, `#` comments, optional quotes.
-fn read_dotenv(dir: &Path) -> BTreeMap<String, String> {
-    let Ok(text) = std::fs::read_to_string(dir.join(".env")) else {
-        return BTreeMap::new();
-    };
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            if l.is_empty() || l.starts_with('#') {
-                return None;
-            }
-            let l = l.strip_prefix("export ").unwrap_or(l);
-            let (k, v) = l.split_once('=')?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(v);
-            Some((k.trim().to_string(), v.to_string()))
-        })
-        .collect()
-}
-
 fn load(path: &Path) -> Result<zeroflow_spec::Flow, i32> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -75,7 +50,7 @@ fn load(path: &Path) -> Result<zeroflow_spec::Flow, i32> {
     let source = Source {
         name: path.display().to_string(),
         env: std::env::vars().collect(),
-        context: read_dotenv(&dir),
+        context: zeroflow_platform::server::project::read_dotenv(&dir),
         ..Default::default()
     };
     match zeroflow_spec::load(&text, &source) {
@@ -125,7 +100,9 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let mut opts = LocalOptions::discover(flow_dir.clone(), work_dir.clone());
     opts.startup_timeout = Duration::from_secs(args.startup_timeout);
     opts.drain_timeout = Duration::from_secs(args.drain_timeout);
-    opts.env = read_dotenv(&flow_dir).into_iter().collect();
+    opts.env = zeroflow_platform::server::project::read_dotenv(&flow_dir)
+        .into_iter()
+        .collect();
     opts.env.extend(flow.env.clone());
 
     // Bind first, so a taken port fails before any Executor starts.

@@ -172,25 +172,9 @@ fn authenticate(c: &Controller, headers: &HeaderMap) -> Result<String> {
         .ok_or_else(|| unauthorized("the token is not valid (unknown or revoked); create one with `jc server token create NAME`"))
 }
 
+/// A query value: `+` is a space there, then the same %XX decoding as path segments.
 fn percent_decode_query(s: &str) -> String {
-    let s = s.replace('+', " ");
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::router::percent_decode(&s.replace('+', " "))
 }
 
 fn parse_query(q: Option<&str>) -> Vec<(String, String)> {

@@ -89,7 +89,7 @@ impl std::fmt::Display for RouteError {
 }
 
 /// `%XX` decoding of one path segment (invalid sequences are kept as written).
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
