@@ -770,11 +770,7 @@ async fn status(api: &Api, kind: Kind, a: StatusArgs) -> Result<()> {
     let r = api
         .get(&format!("{}/{}", kind.path(), seg(&a.id)), &kind.hint())
         .await?;
-    if a.json {
-        println!("{}", r.text.trim_end());
-    } else {
-        println!("{}", render::status_table(&r.json, a.verbose));
-    }
+    show(&r, a.json, |v| render::status_table(v, a.verbose));
     Ok(())
 }
 
@@ -1033,16 +1029,10 @@ async fn secret_inner(cmd: SecretCmd) -> Result<()> {
             let r = api
                 .get(&format!("secrets/{}", seg(&flow)), &secret_hint(&flow))
                 .await?;
-            if json {
-                println!("{}", r.text.trim_end());
-            } else {
-                let its = items(&r.json, &["secrets", "Resources.Secrets"]);
-                if its.is_empty() {
-                    println!("No secrets for flow {flow}.");
-                } else {
-                    println!("{}", render::secrets_table(its));
-                }
-            }
+            show(&r, json, |v| {
+                listing(v, &["secrets", "Resources.Secrets"], render::secrets_table)
+                    .unwrap_or_else(|| format!("No secrets for flow {flow}."))
+            });
             Ok(())
         }
         SecretCmd::Get { nf, json } => {
@@ -1052,11 +1042,7 @@ async fn secret_inner(cmd: SecretCmd) -> Result<()> {
                     &secret_hint(&nf.flow),
                 )
                 .await?;
-            if json {
-                println!("{}", r.text.trim_end());
-            } else {
-                println!("{}", render::secret_table(&r.json));
-            }
+            show(&r, json, render::secret_table);
             Ok(())
         }
         SecretCmd::Remove(nf) => {
@@ -1179,16 +1165,10 @@ async fn job_inner(cmd: JobCmd) -> Result<()> {
             let r = api
                 .get(&format!("jobs/{}", seg(&flow)), &job_hint(&flow))
                 .await?;
-            if json {
-                println!("{}", r.text.trim_end());
-            } else {
-                let its = items(&r.json, &["jobs", "Resources.Jobs"]);
-                if its.is_empty() {
-                    println!("No jobs for flow {flow}.");
-                } else {
-                    println!("{}", render::jobs_table(its));
-                }
-            }
+            show(&r, json, |v| {
+                listing(v, &["jobs", "Resources.Jobs"], render::jobs_table)
+                    .unwrap_or_else(|| format!("No jobs for flow {flow}."))
+            });
             Ok(())
         }
         JobCmd::Get { nf, json } => {
@@ -1198,11 +1178,7 @@ async fn job_inner(cmd: JobCmd) -> Result<()> {
                     &job_hint(&nf.flow),
                 )
                 .await?;
-            if json {
-                println!("{}", r.text.trim_end());
-            } else {
-                println!("{}", render::jobs_table(std::slice::from_ref(&r.json)));
-            }
+            show(&r, json, |v| render::jobs_table(std::slice::from_ref(v)));
             Ok(())
         }
         JobCmd::Logs { nf, json } => {
@@ -1363,6 +1339,21 @@ fn write_token(token: Option<&str>) -> Result<PathBuf> {
     let mut f = opts.open(&path).map_err(io)?;
     f.write_all(text.as_bytes()).map_err(io)?;
     Ok(path)
+}
+
+/// Prints a response for scripts (`--json`: the server's JSON as sent) or for people.
+fn show(r: &api::Resp, json: bool, human: impl FnOnce(&Value) -> String) {
+    if json {
+        println!("{}", r.text.trim_end());
+    } else {
+        println!("{}", human(&r.json));
+    }
+}
+
+/// A table of the items under the first of `keys` present, or None when there are none.
+fn listing(v: &Value, keys: &[&str], table: impl FnOnce(&[Value]) -> String) -> Option<String> {
+    let its = items(v, keys);
+    (!its.is_empty()).then(|| table(its))
 }
 
 #[cfg(test)]
