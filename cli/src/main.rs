@@ -75,6 +75,11 @@ enum FlowCmd {
     Remote(client::FlowRemote),
 }
 
+// mimalloc: the request path allocates per request in h2 and prost; glibc's malloc showed at
+// the top of the profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -85,10 +90,22 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = match &cli.command {
+        Top::Flow {
+            command: FlowCmd::Serve(args),
+        } if args.threads == 1 => tokio::runtime::Builder::new_current_thread(),
+        Top::Flow {
+            command: FlowCmd::Serve(args),
+        } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(args.threads.into());
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
     let code = rt.block_on(async {
         match cli.command {
             Top::Flow { command } => match command {

@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// How long a replica may take to finish its in-flight requests when stopping.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub drain_timeout: u64,
+    /// Threads serving the gateway, activator and autoscaler. One (the default) keeps every
+    /// request's hops on one core, which is the fastest on small machines: no hand-offs between
+    /// threads. More spreads the gateway over cores for Flows that need more than one core of
+    /// gateway work (many clients, large JSON bodies over HTTP).
+    #[arg(long, default_value = "1", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
 }
 
 fn load(path: &Path) -> Result<zeroflow_spec::Flow, i32> {

@@ -5,6 +5,7 @@
 
 pub mod child;
 mod metrics;
+pub mod passthrough;
 pub mod proxy;
 
 use anyhow::Context as _;
@@ -21,6 +22,20 @@ use zeroflow_activator::{Breaker, ConcurrencyMeter, Stat};
 
 pub use metrics::Metrics;
 
+/// How the shim forwards the Executor's RPCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ProxyMode {
+    /// `passthrough` when containerConcurrency is 0, else `grpc`.
+    #[default]
+    Auto,
+    /// A gRPC server and client per request: can hold requests back (the breaker) and answers
+    /// health and readiness itself.
+    Grpc,
+    /// HTTP/2 frames forwarded as they are and read only to count (see `passthrough`): the
+    /// cheapest hop, with no breaker.
+    Passthrough,
+}
+
 /// How the shim runs; `Default` holds the queue-proxy defaults, tests shorten the waits.
 #[derive(Debug, Clone)]
 pub struct ShimConfig {
@@ -34,6 +49,8 @@ pub struct ShimConfig {
     pub child_port: Option<u16>,
     /// containerConcurrency: 0 = no limit.
     pub container_concurrency: usize,
+    /// How RPCs are forwarded.
+    pub proxy: ProxyMode,
     /// How often readiness is polled while the child starts.
     pub ready_poll: Duration,
     /// Give up if the child is not SERVING by then.
@@ -52,6 +69,7 @@ impl Default for ShimConfig {
             command: vec![],
             child_port: None,
             container_concurrency: 0,
+            proxy: ProxyMode::Auto,
             ready_poll: Duration::from_millis(50),
             startup_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
@@ -170,6 +188,15 @@ impl State {
     }
 }
 
+/// The server in front of the Executor, by proxy mode.
+enum Server {
+    Grpc {
+        stop_tx: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    },
+    Passthrough(passthrough::Passthrough),
+}
+
 /// Why the shim stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -199,6 +226,16 @@ impl Shim {
         }
         let breaker = Breaker::for_container_concurrency(config.container_concurrency)
             .context("containerConcurrency")?;
+        let mut config = config;
+        config.proxy = match (config.proxy, config.container_concurrency) {
+            (ProxyMode::Auto, 0) => ProxyMode::Passthrough,
+            (ProxyMode::Auto, _) => ProxyMode::Grpc,
+            (ProxyMode::Passthrough, cc) if cc > 0 => anyhow::bail!(
+                "--proxy passthrough cannot enforce --container-concurrency {cc}: it has no breaker \
+                 (use --proxy grpc, or auto, which picks grpc when a limit is set)"
+            ),
+            (mode, _) => mode,
+        };
         let child_port = match config.child_port {
             Some(p) => p,
             None => free_port()?,
@@ -227,7 +264,6 @@ impl Shim {
             child_group: std::sync::atomic::AtomicI32::new(0),
             last_cpu_ticks: Mutex::new(None),
         });
-        let mut config = config;
         config.child_port = Some(child_port);
         Ok(Shim {
             state,
@@ -260,20 +296,32 @@ impl Shim {
             .fallback_service(proxy::ProxyService {
                 state: state.clone(),
             });
-        let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_routes(tonic::service::Routes::from(router))
-                .serve_with_incoming_shutdown(
-                    // Per accepted socket (the builder's tcp_nodelay misses a passed-in
-                    // listener); without it Nagle adds ~40 ms stalls to small answers.
-                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                    async {
-                        let _ = stop_server_rx.await;
-                    },
-                ),
-        );
+        let server = match config.proxy {
+            ProxyMode::Passthrough => Server::Passthrough(passthrough::Passthrough::start(
+                grpc,
+                state.clone(),
+                std::net::SocketAddr::from(([127, 0, 0, 1], child_port)),
+            )),
+            ProxyMode::Grpc | ProxyMode::Auto => {
+                let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                let task = tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .tcp_nodelay(true)
+                        .add_routes(tonic::service::Routes::from(router))
+                        .serve_with_incoming_shutdown(
+                            // Per accepted socket (the builder's tcp_nodelay misses a passed-in
+                            // listener); without it Nagle adds ~40 ms stalls to small answers.
+                            tonic::transport::server::TcpIncoming::from(grpc)
+                                .with_nodelay(Some(true)),
+                            async {
+                                let _ = stop_rx.await;
+                            },
+                        ),
+                );
+                Server::Grpc { stop_tx, task }
+            }
+        };
+        tracing::info!(replica = %config.replica, proxy = ?config.proxy, "forwarding RPCs");
         let admin_server = tokio::spawn({
             let app = metrics::admin_router(state.clone());
             async move { axum::serve(admin, app).await }
@@ -343,30 +391,40 @@ impl Shim {
         state.metrics.draining.set(1);
         state.metrics.ready.set(0);
         set_health(&health, ServingStatus::NotServing).await;
-        if exit == Exit::Drained {
-            let drained = tokio::time::timeout(config.drain_timeout, async {
-                loop {
-                    let idle = state.idle.notified();
-                    if state.in_flight() == 0 {
-                        break;
-                    }
-                    idle.await;
-                }
-            })
-            .await;
-            if drained.is_err() {
-                tracing::warn!(
-                    in_flight = state.in_flight(),
-                    "drain timeout: stopping with requests in flight"
-                );
+        let drained = match server {
+            Server::Passthrough(p) if exit == Exit::Drained => p.drain(config.drain_timeout).await,
+            Server::Passthrough(p) => {
+                p.abort();
+                true
             }
+            Server::Grpc { stop_tx, task } => {
+                let drained = exit != Exit::Drained
+                    || tokio::time::timeout(config.drain_timeout, async {
+                        loop {
+                            let idle = state.idle.notified();
+                            if state.in_flight() == 0 {
+                                break;
+                            }
+                            idle.await;
+                        }
+                    })
+                    .await
+                    .is_ok();
+                let _ = stop_tx.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                drained
+            }
+        };
+        if !drained {
+            tracing::warn!(
+                in_flight = state.in_flight(),
+                "drain timeout: stopping with requests in flight"
+            );
         }
-        let _ = stop_server_tx.send(());
         let status = child.stop(config.stop_grace).await;
         tracing::info!(replica = %config.replica, ?status, "executor stopped");
         reporter.abort();
         admin_server.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         Ok(exit)
     }
 }

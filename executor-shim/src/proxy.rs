@@ -20,7 +20,7 @@ use zeroflow_activator::PROXIED_HEADER;
 
 /// Paths whose calls are work the autoscaler should see; the rest (discovery, reflection,
 /// status) are control traffic.
-fn is_data_rpc(path: &str) -> bool {
+pub(crate) fn is_data_rpc(path: &str) -> bool {
     matches!(
         path,
         paths::PROCESS_SINGLE_DATA

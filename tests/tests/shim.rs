@@ -101,9 +101,18 @@ fn request(i: usize) -> DataRequestProto {
 
 #[test]
 fn sigterm_under_load_answers_every_accepted_request_and_leaves_no_process() {
+    sigterm_under_load("passthrough");
+}
+
+#[test]
+fn sigterm_under_load_through_the_grpc_proxy() {
+    sigterm_under_load("grpc");
+}
+
+fn sigterm_under_load(proxy: &str) {
     let exec = bin("zeroflow-test-executor");
     let exec = exec.to_str().expect("utf8");
-    let mut shim = start_shim(&[], &[exec, "--delay", "1500ms"]);
+    let mut shim = start_shim(&["--proxy", proxy], &[exec, "--delay", "1500ms"]);
     let child_pids = descendants(shim.child.id());
     assert!(
         !child_pids.is_empty(),
@@ -234,6 +243,154 @@ fn metrics_and_stats_are_served() {
         child.try_wait().expect("wait")
     });
     assert!(status.success());
+}
+
+fn stats(admin: &str) -> Option<serde_json::Value> {
+    let text = http_get(admin, "/stats");
+    serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
+}
+
+fn slow_request(i: usize, delay_ms: f64, proxied: bool) -> tonic::Request<DataRequestProto> {
+    let mut r = request(i);
+    r.parameters = Some(prost_types::Struct {
+        fields: [(
+            "delay_ms".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(delay_ms)),
+            },
+        )]
+        .into(),
+    });
+    let mut r = tonic::Request::new(r);
+    if proxied {
+        r.metadata_mut().insert(
+            zeroflow_activator::PROXIED_HEADER,
+            "1".parse().expect("ascii"),
+        );
+    }
+    r
+}
+
+/// The pass-through shim (the default with no containerConcurrency) reads the frames it
+/// forwards: requests by gRPC code, resets as Cancelled, control RPCs left out, and the
+/// activator's share of the load told apart, as the gRPC proxy does.
+#[test]
+fn passthrough_counts_what_it_forwards() {
+    use zeroflow_proto::jina::jina_discover_endpoints_rpc_client::JinaDiscoverEndpointsRpcClient;
+    let exec = bin("zeroflow-test-executor");
+    let mut shim = start_shim(&[], &[exec.to_str().expect("utf8")]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let url = format!("http://{}", shim.grpc);
+    let admin = shim.admin.clone();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to shim");
+        let mut c = JinaSingleDataRequestRpcClient::new(channel.clone());
+        for i in 0..4 {
+            let resp = c
+                .process_single_data(slow_request(i, 0.0, i % 2 == 0))
+                .await
+                .expect("answered through the shim");
+            assert_eq!(
+                resp.get_ref().header.as_ref().unwrap().request_id,
+                format!("req-{i}")
+            );
+        }
+        JinaDiscoverEndpointsRpcClient::new(channel.clone())
+            .endpoint_discovery(())
+            .await
+            .expect("discovery through the shim");
+        // A request the caller gives up on: its stream is reset.
+        let mut r = slow_request(9, 3000.0, false);
+        r.set_timeout(Duration::from_millis(200));
+        let e = c.process_single_data(r).await.expect_err("timed out");
+        assert_eq!(e.code(), tonic::Code::Cancelled, "{e}");
+        // Two long requests from the activator and one from elsewhere, in flight together for
+        // several of the shim's one-second periods.
+        let calls: Vec<_> = [true, true, false]
+            .into_iter()
+            .enumerate()
+            .map(|(i, proxied)| {
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    c.process_single_data(slow_request(20 + i, 6000.0, proxied))
+                        .await
+                })
+            })
+            .collect();
+        let admin2 = admin.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_for(
+                "a period with 3 requests in flight, 2 from the activator",
+                Duration::from_secs(5),
+                || {
+                    let v = stats(&admin2)?;
+                    let total = v["average_concurrency"].as_f64()?;
+                    let proxied = v["proxied_concurrency"].as_f64()?;
+                    ((total - 3.0).abs() < 0.01 && (proxied - 2.0).abs() < 0.01).then_some(())
+                },
+            )
+        })
+        .await
+        .expect("wait");
+        for c in calls {
+            c.await.expect("task").expect("answered");
+        }
+    });
+    let metrics = http_get(&admin, "/metrics");
+    let count = |code: &str| {
+        let key = format!(
+            "zeroflow_shim_requests_total{{executor=\"echo\",replica=\"echo-0\",code=\"{code}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map(|v| v.trim().to_string())
+    };
+    // 4 quick + 3 long answered; discovery is control traffic, not counted.
+    assert_eq!(count("OK").as_deref(), Some("7"), "{metrics}");
+    // The timed-out request: reset by the caller (or, if the client's reset raced the shim's
+    // read, still open when it ends, which the shim never reports as OK).
+    wait_for("the reset is counted", Duration::from_secs(30), || {
+        let m = http_get(&admin, "/metrics");
+        m.contains("code=\"Cancelled\"} 1").then_some(())
+    });
+    assert_eq!(stats(&admin).expect("stats")["in_flight"].as_u64(), Some(0));
+    let child = &mut shim.child;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = wait_for("shim exit", Duration::from_secs(60), || {
+        child.try_wait().expect("wait")
+    });
+    assert!(status.success());
+}
+
+#[test]
+fn passthrough_with_a_concurrency_limit_is_refused() {
+    let exec = bin("zeroflow-test-executor");
+    let out = Command::new(bin("zeroflow-shim"))
+        .args([
+            "--proxy",
+            "passthrough",
+            "--container-concurrency",
+            "2",
+            "--",
+        ])
+        .arg(&exec)
+        .output()
+        .expect("run shim");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--proxy passthrough cannot enforce --container-concurrency 2"),
+        "{stderr}"
+    );
 }
 
 fn free_port() -> u16 {
