@@ -34,6 +34,8 @@ pub struct Child {
     inner: tokio::process::Child,
     pgid: nix::unistd::Pid,
     pub tail: StderrTail,
+    /// The task copying the child's stderr into `tail`.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ impl Child {
         })?;
         let pid = inner.id().map(|p| p as i32).unwrap_or_default();
         let tail = StderrTail::default();
-        if let Some(stderr) = inner.stderr.take() {
+        let reader = inner.stderr.take().map(|stderr| {
             let tail = tail.clone();
             let name = name.to_string();
             tokio::spawn(async move {
@@ -79,12 +81,13 @@ impl Child {
                     eprintln!("[{name}] {line}");
                     tail.push(line);
                 }
-            });
-        }
+            })
+        });
         Ok(Child {
             inner,
             pgid: nix::unistd::Pid::from_raw(pid),
             tail,
+            reader,
         })
     }
 
@@ -92,9 +95,15 @@ impl Child {
         self.pgid.as_raw()
     }
 
-    /// Resolves when the child exits.
+    /// Resolves when the child exits and its last stderr lines are in `tail`: the exit can be
+    /// seen before the pipe's last bytes are read, and those lines usually say why it died.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.inner.wait().await
+        let status = self.inner.wait().await?;
+        if let Some(reader) = self.reader.take() {
+            // A grandchild may hold the pipe open after the child is gone: don't wait for it.
+            let _ = tokio::time::timeout(Duration::from_millis(500), reader).await;
+        }
+        Ok(status)
     }
 
     /// SIGTERM to the whole group, then SIGKILL after `grace`. Returns the child's exit status.

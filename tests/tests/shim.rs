@@ -31,6 +31,22 @@ impl Drop for KillOnDrop {
     }
 }
 
+impl Shim {
+    /// SIGTERM, then the shim must drain and exit 0.
+    fn stop_cleanly(&mut self) {
+        let child = &mut self.child;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let status = wait_for("shim exit", Duration::from_secs(60), || {
+            child.try_wait().expect("wait")
+        });
+        assert!(status.success(), "shim exit status {status}");
+    }
+}
+
 impl Drop for Shim {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -233,16 +249,7 @@ fn metrics_and_stats_are_served() {
         "{metrics}"
     );
     assert!(http_get(&shim.admin, "/ready").starts_with("HTTP/1.0 200"));
-    let child = &mut shim.child;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = wait_for("shim exit", Duration::from_secs(60), || {
-        child.try_wait().expect("wait")
-    });
-    assert!(status.success());
+    shim.stop_cleanly();
 }
 
 fn stats(admin: &str) -> Option<serde_json::Value> {
@@ -359,16 +366,7 @@ fn passthrough_counts_what_it_forwards() {
         m.contains("code=\"Cancelled\"} 1").then_some(())
     });
     assert_eq!(stats(&admin).expect("stats")["in_flight"].as_u64(), Some(0));
-    let child = &mut shim.child;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = wait_for("shim exit", Duration::from_secs(60), || {
-        child.try_wait().expect("wait")
-    });
-    assert!(status.success());
+    shim.stop_cleanly();
 }
 
 #[test]
@@ -433,16 +431,7 @@ fn jina_gateway_in_front_of(command: &[&str], check: &[&str]) {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = gateway.0.wait();
-    let child = &mut shim.child;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = wait_for("shim exit", Duration::from_secs(60), || {
-        child.try_wait().expect("wait")
-    });
-    assert!(status.success());
+    shim.stop_cleanly();
 }
 
 #[test]
