@@ -75,11 +75,6 @@ enum FlowCmd {
     Remote(client::FlowRemote),
 }
 
-// mimalloc: the request path allocates per request in h2 and prost; glibc's malloc showed at
-// the top of the profile.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

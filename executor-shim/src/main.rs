@@ -50,7 +50,8 @@ struct Args {
     command: Vec<String>,
 }
 
-// See jc's main: glibc's malloc was at the top of the request path's profile.
+// glibc's malloc was at the top of the gRPC proxy's profile. (Not in jc: there mimalloc doubled
+// the resident memory of a burst of 1000 requests, 37 -> 65 MiB, for no measurable latency gain.)
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
