@@ -106,6 +106,8 @@ pub struct ReplicaSet {
     changed: watch::Sender<u64>,
     /// Requests admitted (waiting or in flight).
     pending: AtomicUsize,
+    /// Woken each time `pending` drops to zero.
+    quiet: tokio::sync::Notify,
     waiting: AtomicUsize,
     poke: Mutex<Option<mpsc::UnboundedSender<String>>>,
     last_poke: Mutex<Option<Instant>>,
@@ -129,6 +131,7 @@ impl ReplicaSet {
             settings: RwLock::new(ThrottleSettings::default()),
             changed,
             pending: AtomicUsize::new(0),
+            quiet: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
             poke: Mutex::new(None),
             last_poke: Mutex::new(None),
@@ -259,6 +262,21 @@ impl ReplicaSet {
     /// Requests admitted here (waiting or in flight).
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once no request is waiting or in flight, or after `at_most`: for work that
+    /// should not compete with requests (an Executor may serve one call at a time).
+    pub async fn quiet(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, async {
+            loop {
+                let quiet = self.quiet.notified();
+                if self.pending() == 0 {
+                    return;
+                }
+                quiet.await;
+            }
+        })
+        .await;
     }
 
     /// The activator's stat for this Executor over the period since the last call.
@@ -595,7 +613,9 @@ struct Admitted<'a>(&'a ReplicaSet);
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        if self.0.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.quiet.notify_waiters();
+        }
         self.0.meter.lock().finish(Instant::now(), false);
     }
 }
@@ -647,6 +667,38 @@ mod tests {
 
     fn set(settings: ThrottleSettings) -> Arc<ReplicaSet> {
         Arc::new(ReplicaSet::new("enc", -1).with_settings(settings))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_waits_for_admitted_requests_or_the_limit() {
+        let rs = Arc::new(ReplicaSet::new("e", -1));
+        let t0 = Instant::now();
+        rs.quiet(Duration::from_secs(1)).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO, "nothing pending: at once");
+
+        let admitted = rs.admit().expect("admitted");
+        let waiter = tokio::spawn({
+            let rs = rs.clone();
+            async move { rs.quiet(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiter.is_finished(), "a request is pending");
+        drop(admitted);
+        waiter.await.expect("quiet");
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(300),
+            "released when the last one ends"
+        );
+
+        let _busy = rs.admit().expect("admitted");
+        let t1 = Instant::now();
+        rs.quiet(Duration::from_secs(1)).await;
+        assert_eq!(
+            t1.elapsed(),
+            Duration::from_secs(1),
+            "gives up after the limit"
+        );
     }
 
     #[tokio::test(start_paused = true)]
