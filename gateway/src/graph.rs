@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use tonic::Status;
 use zeroflow_activator::{CallOptions, ReplicaSet};
 use zeroflow_proto::jina::{DataRequestProto, HeaderProto, RouteProto};
+use zeroflow_spec::when::Condition;
 use zeroflow_spec::{Flow, Polling};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum GraphError {
     Cycle(String),
     #[error("Executor {0} has no shard to call")]
     NoShards(String),
+    #[error("Executor {executor}: invalid `when` condition: {why}")]
+    Condition { executor: String, why: String },
 }
 
 pub struct Node {
@@ -35,6 +38,8 @@ pub struct Node {
     pub timeout: Option<Duration>,
     pub no_reduce: bool,
     pub floating: bool,
+    /// `when:`: only the documents it holds for are sent to this Executor.
+    pub when: Option<Condition>,
     next_shard: AtomicUsize,
 }
 
@@ -116,6 +121,15 @@ impl Graph {
                 timeout: e.timeout_send.or(default_timeout),
                 no_reduce: e.no_reduce,
                 floating: e.floating,
+                when: e
+                    .when
+                    .as_ref()
+                    .map(Condition::parse)
+                    .transpose()
+                    .map_err(|why| GraphError::Condition {
+                        executor: e.name.clone(),
+                        why,
+                    })?,
                 next_shard: AtomicUsize::new(0),
             });
         }
@@ -269,14 +283,22 @@ impl Graph {
         let started = now();
         let resp = if node.no_reduce && reqs.len() > 1 {
             routes_before = reqs.iter().map(|r| r.routes.len()).max().unwrap_or(0);
-            let list: Vec<DataRequestProto> = reqs.iter().map(|r| r.as_ref().clone()).collect();
+            let mut list: Vec<DataRequestProto> = reqs.iter().map(|r| r.as_ref().clone()).collect();
+            if let Some(cond) = &node.when {
+                for r in &mut list {
+                    keep_matching(r, cond, &node.name)?;
+                }
+            }
             node.shards[0].process_list(list, opts).await?
         } else {
-            let req = if reqs.len() == 1 {
+            let mut req = if reqs.len() == 1 {
                 Arc::try_unwrap(reqs.pop().expect("one")).unwrap_or_else(|a| (*a).clone())
             } else {
                 merge_requests(reqs.iter().map(|r| r.as_ref().clone()).collect())?
             };
+            if let Some(cond) = &node.when {
+                keep_matching(&mut req, cond, &node.name)?;
+            }
             routes_before = req.routes.len();
             self.call_shards(node, req, opts).await?
         };
@@ -365,6 +387,30 @@ fn merge_outcomes(results: Vec<Outcome>, _no_reduce: bool) -> Result<DataRequest
         return Ok(Arc::try_unwrap(r).unwrap_or_else(|a| (*a).clone()));
     }
     merge_requests(reqs.iter().map(|r| r.as_ref().clone()).collect())
+}
+
+/// Drops the documents `cond` does not hold for, as jina's gateway does before it sends a
+/// request to an Executor with a `when:` condition.
+fn keep_matching(
+    req: &mut DataRequestProto,
+    cond: &Condition,
+    executor: &str,
+) -> Result<(), Status> {
+    let list = docs::decode_docs(&req.data).map_err(|e| {
+        Status::invalid_argument(format!(
+            "the documents cannot be read to apply Executor {executor}'s `when` condition: {e}"
+        ))
+    })?;
+    let before = list.docs.len();
+    let docs: Vec<_> = list
+        .docs
+        .into_iter()
+        .filter(|d| cond.matches(&docs::doc_to_json(d)))
+        .collect();
+    if docs.len() != before {
+        req.data = docs::encode_docs(zeroflow_proto::docarray::DocListProto { docs }).into();
+    }
+    Ok(())
 }
 
 /// Jina's merge of parallel branches: documents reduced by id, routes joined without repeats,

@@ -692,7 +692,17 @@ fn executor(
     let when = match a.get(&["when"]) {
         None => None,
         Some((n, _)) if n.is_null() => None,
-        Some((n, _)) if n.is_map() => Some(to_json(n)),
+        Some((n, f)) if n.is_map() => {
+            let json = to_json(n);
+            // Checked here, with the YAML position, rather than failing on the first request.
+            match crate::when::Condition::parse(&json) {
+                Ok(_) => Some(json),
+                Err(e) => {
+                    d.error(n, &f, format!("invalid `when` condition: {e}"));
+                    None
+                }
+            }
+        }
         Some((n, f)) => {
             d.bad(
                 n,

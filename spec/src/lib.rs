@@ -3,6 +3,7 @@
 //! passes in, no async, no knowledge of processes, sockets or Kubernetes.
 
 pub mod model;
+pub mod when;
 
 mod diag;
 mod flow;

@@ -116,7 +116,18 @@ def hello_world(a):
     check(texts(r) == ['hello, world!'] * 3, f'the project Executor answered: {texts(r)}')
 
 
-SCENARIOS = {f.__name__: f for f in [rust_flow_grpc, rust_flow_http, python_flow, single, echo_text, hello_world]}
+def when_flow(a):
+    """tagger (-t) -> cats (-cat, when text ^cat) and dogs (-dog, when text ^dog) -> join."""
+    c = Client(host=a.grpc)
+    docs = DocList[TextDoc]([TextDoc(text=t) for t in ['cat1', 'dog1', 'fish1', 'cat2']])
+    r = c.post('/', inputs=docs, return_type=DocList[TextDoc])
+    check(sorted(texts(r)) == ['cat1-t-cat', 'cat2-t-cat', 'dog1-t-dog'],
+          f'each branch got only the documents its condition holds for, fish matched none: {texts(r)}')
+    r = c.post('/', inputs=DocList[TextDoc]([TextDoc(text='fish2')]), return_type=DocList[TextDoc])
+    check(texts(r) == [], f'no document matches either branch: {texts(r)}')
+
+
+SCENARIOS = {f.__name__: f for f in [rust_flow_grpc, rust_flow_http, python_flow, single, echo_text, hello_world, when_flow]}
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()
