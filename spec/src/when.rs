@@ -408,6 +408,46 @@ mod tests {
         assert!(m(json!({}), doc.clone()), "an empty condition holds");
     }
 
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("$and".to_string()),
+            Just("$or".to_string()),
+            Just("$not".to_string()),
+            Just("$eq".to_string()),
+            Just("$regex".to_string()),
+            Just("$size".to_string()),
+            Just("$exists".to_string()),
+            Just("$in".to_string()),
+            Just("$lt".to_string()),
+            "[a-z_]{0,8}",
+            "\\$[a-z]{1,5}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(|n| json!(n)),
+            "[a-z{}()^$.*]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 5, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Any condition and any document: an answer or an error, never a panic.
+        #[test]
+        fn never_panics(cond in json(), doc in json()) {
+            if let Ok(c) = Condition::parse(&cond) {
+                let _ = c.matches(&doc);
+            }
+        }
+    }
+
     #[test]
     fn bad_conditions_say_what_is_allowed() {
         let e = Condition::parse(&json!({"text": {"$like": "a"}})).unwrap_err();
