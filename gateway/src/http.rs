@@ -15,16 +15,26 @@ use tonic::Code;
 use zeroflow_proto::jina::{DataRequestProto, HeaderProto};
 
 pub fn router(gw: Arc<Gateway>) -> axum::Router {
-    axum::Router::new()
-        .route("/", get(|| async { Json(json!({})) }))
-        .route("/dry_run", get(dry_run))
-        .route("/status", get(status))
-        .route("/openapi.json", get(openapi))
-        .route("/{*endpoint}", post(post_endpoint))
+    router_without(gw, &[])
+}
+
+/// The routes but those in `skip` (the websocket face serves `/` and `/dry_run` itself).
+pub(crate) fn router_without(gw: Arc<Gateway>, skip: &[&str]) -> axum::Router {
+    let routes: [(&str, axum::routing::MethodRouter<Arc<Gateway>>); 5] = [
+        ("/", get(|| async { Json(json!({})) })),
+        ("/dry_run", get(dry_run)),
+        ("/status", get(status)),
+        ("/openapi.json", get(openapi)),
+        ("/{*endpoint}", post(post_endpoint)),
+    ];
+    routes
+        .into_iter()
+        .filter(|(path, _)| !skip.contains(path))
+        .fold(axum::Router::new(), |r, (path, route)| r.route(path, route))
         .with_state(gw)
 }
 
-async fn dry_run(State(gw): State<Arc<Gateway>>) -> Json<Value> {
+pub(crate) async fn dry_run(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     let s = gw.dry_run().await;
     let exception = s.exception.as_ref().map(
         |e| json!({"name": e.name, "args": e.args, "stacks": e.stacks, "executor": e.executor}),

@@ -7,6 +7,7 @@ pub mod docs;
 pub mod graph;
 pub mod grpc;
 pub mod http;
+pub mod ws;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -177,12 +178,11 @@ pub async fn serve(
                 }));
             }
             Protocol::Http | Protocol::Websocket => {
-                if protocol == Protocol::Websocket {
-                    tracing::warn!(
-                        "websocket is served as HTTP: the websocket protocol is not implemented yet"
-                    );
-                }
-                let app = http::router(gw.clone());
+                let app = if protocol == Protocol::Websocket {
+                    ws::router(gw.clone())
+                } else {
+                    http::router(gw.clone())
+                };
                 tasks.push(tokio::spawn(async move {
                     use axum::serve::ListenerExt;
                     // Small JSON answers must not wait on Nagle's algorithm.

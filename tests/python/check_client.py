@@ -127,13 +127,38 @@ def when_flow(a):
     check(texts(r) == [], f'no document matches either branch: {texts(r)}')
 
 
-SCENARIOS = {f.__name__: f for f in [rust_flow_grpc, rust_flow_http, python_flow, single, echo_text, hello_world, when_flow]}
+def rust_flow_ws(a):
+    """The Flow of rust_flow_grpc, through its websocket listener."""
+    c = Client(host=a.ws)
+    check(c.is_flow_ready(), 'is_flow_ready() is True over websocket')
+    docs = DocList[TextDoc]([TextDoc(text=f'd{i}') for i in range(3)])
+    r = c.post('/', inputs=docs, return_type=DocList[TextDoc])
+    check(texts(r) == ['d0-one-two', 'd1-one-two', 'd2-one-two'], f'websocket post: {texts(r)}')
+    many = DocList[TextDoc]([TextDoc(text=f'm{i}') for i in range(50)])
+    r = c.post('/', inputs=many, request_size=1, return_type=DocList[TextDoc])
+    check(sorted(texts(r)) == sorted(f'm{i}-one-two' for i in range(50)), f'request_size=1, 50 docs: {len(r)} answered')
+    r = c.post('/', inputs=docs, return_type=DocList[TextDoc], target_executor='exec2')
+    check(texts(r) == ['d0-two', 'd1-two', 'd2-two'], f'target_executor=exec2: {texts(r)}')
+    got = {}
+    def on_done(resp):
+        got['params'] = resp.parameters
+    c.post('/', inputs=docs[:1], parameters={'k': 'v'}, on_done=on_done, return_type=DocList[TextDoc])
+    check(got['params'].get('k') == 'v', f'parameters round trip: {got["params"]}')
+    try:
+        c.post('/', inputs=docs[:1], parameters={'raise': 'boom over websocket'}, return_type=DocList[TextDoc])
+        check(False, 'an Executor error raises BadServer')
+    except BadServer as e:
+        check('boom over websocket' in str(e), 'an Executor error raises BadServer naming the error')
+
+
+SCENARIOS = {f.__name__: f for f in [rust_flow_grpc, rust_flow_http, rust_flow_ws, python_flow, single, echo_text, hello_world, when_flow]}
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()
     p.add_argument('scenario', choices=sorted(SCENARIOS))
     p.add_argument('--grpc')
     p.add_argument('--http')
+    p.add_argument('--ws')
     p.add_argument('--suffix', default='')
     args = p.parse_args()
     SCENARIOS[args.scenario](args)

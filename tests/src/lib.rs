@@ -120,6 +120,7 @@ pub struct Served {
     pub child: Child,
     pub grpc: Option<String>,
     pub http: Option<String>,
+    pub ws: Option<String>,
     /// Lines printed so far (stdout), for diagnostics.
     pub lines: Vec<String>,
     pub dir: PathBuf,
@@ -301,6 +302,7 @@ fn spawn_served(mut cmd: Command, dir: &Path) -> Served {
     Served {
         grpc: find("grpc://"),
         http: find("http://"),
+        ws: find("ws://"),
         lines: lines.clone(),
         child,
         dir: dir.to_path_buf(),

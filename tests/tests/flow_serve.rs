@@ -6,7 +6,7 @@ use std::process::Command;
 use zeroflow_tests::*;
 
 #[test]
-fn jina_client_against_rust_executors_grpc_and_http() {
+fn jina_client_against_rust_executors_grpc_http_and_websocket() {
     let dir = temp_dir("rust-flow");
     // `command:` is Zeroflow's extension for Executors that are not Python: here the Rust test
     // Executor. exec2 has two replicas, so requests are balanced across them.
@@ -15,7 +15,7 @@ fn jina_client_against_rust_executors_grpc_and_http() {
         r#"
 jtype: Flow
 with:
-  protocol: [grpc, http]
+  protocol: [grpc, http, websocket]
 executors:
   - name: exec1
     command: zeroflow-test-executor --append=-one
@@ -29,6 +29,8 @@ executors:
     assert_eq!(served.tree().len(), 6, "3 shims with one Executor each");
     run_python("check_client.py", &["rust_flow_grpc", "--grpc", &grpc]);
     run_python("check_client.py", &["rust_flow_http", "--http", &http]);
+    let ws = served.ws.clone().expect("websocket endpoint printed");
+    run_python("check_client.py", &["rust_flow_ws", "--ws", &ws]);
     served.stop();
 }
 

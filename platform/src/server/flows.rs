@@ -61,7 +61,8 @@ pub fn protocol_name(p: Protocol) -> &'static str {
 pub fn scheme(p: Protocol) -> &'static str {
     match p {
         Protocol::Grpc => "grpc",
-        Protocol::Http | Protocol::Websocket => "http",
+        Protocol::Http => "http",
+        Protocol::Websocket => "ws",
     }
 }
 
