@@ -14,6 +14,8 @@ pub mod archive;
 pub mod registry;
 mod s3;
 mod store;
+#[doc(hidden)]
+pub mod testing;
 
 pub use s3::{S3Config, S3Store};
 pub use store::{ArtifactError, ArtifactStore, DirStore, check_key, store_from_env};

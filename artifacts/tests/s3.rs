@@ -3,9 +3,6 @@
 //! it is missing these tests fail and say so, rather than pass without testing anything.
 
 use bytes::Bytes;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroflow_artifacts::archive;
@@ -14,82 +11,16 @@ use zeroflow_artifacts::{ArtifactError, ArtifactStore, S3Config, S3Store};
 
 const BUCKET: &str = "zeroflow-test";
 
-/// A running s3rver; stopped (and its data folder removed) on drop, also when a test panics.
-struct S3rver {
-    child: Child,
-    endpoint: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for S3rver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3rver_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ZEROFLOW_S3RVER") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.s3rver/node_modules/.bin/s3rver")
-}
+/// The crate's s3rver (`zeroflow_artifacts::testing`) with this test's bucket and a store helper.
+struct S3rver(zeroflow_artifacts::testing::S3rver);
 
 impl S3rver {
     fn start() -> S3rver {
-        let bin = s3rver_bin();
-        assert!(
-            bin.exists(),
-            "s3rver is not installed at {}: run `bash scripts/setup-s3.sh` (CI runs it), \
-             or set ZEROFLOW_S3RVER to an s3rver binary",
-            bin.display()
-        );
-        let data = tempfile::tempdir().unwrap();
-        // Port 0: s3rver binds a free port and prints it, so there is no race for a port.
-        let mut child = Command::new(&bin)
-            .args(["--silent", "--address", "127.0.0.1", "--port", "0"])
-            .arg("--directory")
-            .arg(data.path())
-            .args(["--configure-bucket", BUCKET])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keeps draining stdout after the first line, so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.trim().strip_prefix("S3rver listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let mut server = S3rver {
-            child,
-            endpoint: String::new(),
-            _data: data,
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => server.endpoint = format!("http://{addr}"),
-            Err(_) => {
-                let status = server.child.try_wait().ok().flatten();
-                panic!("s3rver did not report its port within 30 s (exit status: {status:?})");
-            }
-        }
-        server
+        S3rver(zeroflow_artifacts::testing::S3rver::start(BUCKET))
     }
 
     fn config(&self, prefix: &str) -> S3Config {
-        S3Config {
-            endpoint: Some(self.endpoint.clone()),
-            bucket: BUCKET.to_string(),
-            prefix: prefix.to_string(),
-            region: "us-east-1".to_string(),
-            // s3rver's fixed credentials; it checks signatures against them.
-            access_key: "S3RVER".to_string(),
-            secret_key: "S3RVER".to_string(),
-        }
+        self.0.config(prefix)
     }
 
     fn store(&self, prefix: &str) -> S3Store {

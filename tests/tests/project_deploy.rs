@@ -11,95 +11,29 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-use zeroflow_tests::{bin, path_with_venv, python, run_python, temp_dir, wait_for, workspace_root};
+use zeroflow_tests::{bin, path_with_venv, python, run_python, temp_dir, wait_for};
 
 const BUCKET: &str = "zeroflow-projects";
 
-/// A running s3rver on a free port with a temporary data folder; killed on drop.
-struct S3rver {
-    child: Child,
-    endpoint: String,
-    _data: PathBuf,
-}
-
-impl Drop for S3rver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The artifacts crate's s3rver, with what these tests read from it.
+struct S3rver(zeroflow_artifacts::testing::S3rver);
 
 impl S3rver {
     fn start() -> S3rver {
-        let bin = std::env::var_os("ZEROFLOW_S3RVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join(".s3rver/node_modules/.bin/s3rver"));
-        assert!(
-            bin.exists(),
-            "s3rver is not installed at {}: run `bash scripts/setup-s3.sh` (CI runs it), \
-             or set ZEROFLOW_S3RVER to an s3rver binary",
-            bin.display()
-        );
-        let data = temp_dir("s3rver");
-        let mut child = Command::new(&bin)
-            .args(["--silent", "--address", "127.0.0.1", "--port", "0"])
-            .arg("--directory")
-            .arg(&data)
-            .args(["--configure-bucket", BUCKET])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.trim().strip_prefix("S3rver listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let mut server = S3rver {
-            child,
-            endpoint: String::new(),
-            _data: data,
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => server.endpoint = format!("http://{addr}"),
-            Err(_) => panic!("s3rver did not report its port within 30 s"),
-        }
-        server
+        S3rver(zeroflow_artifacts::testing::S3rver::start(BUCKET))
     }
 
     /// What `jc server` needs to use this S3 store (artifacts/src/s3.rs, `S3Config::from_env`).
     fn env(&self) -> Vec<(String, String)> {
-        [
-            ("ZEROFLOW_S3_ENDPOINT", self.endpoint.as_str()),
-            ("ZEROFLOW_S3_BUCKET", BUCKET),
-            ("AWS_ACCESS_KEY_ID", "S3RVER"),
-            ("AWS_SECRET_ACCESS_KEY", "S3RVER"),
-            ("AWS_REGION", "us-east-1"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        self.0.env()
     }
 
     /// Keys in the bucket under `prefix`, read with the S3 client (not through `jc server`).
     fn list(&self, prefix: &str) -> Vec<String> {
-        let store = zeroflow_artifacts::S3Store::new(zeroflow_artifacts::S3Config {
-            endpoint: Some(self.endpoint.clone()),
-            bucket: BUCKET.into(),
-            prefix: String::new(),
-            region: "us-east-1".into(),
-            access_key: "S3RVER".into(),
-            secret_key: "S3RVER".into(),
-        })
-        .expect("S3 store");
+        let store = zeroflow_artifacts::S3Store::new(self.0.config("")).expect("S3 store");
         use zeroflow_artifacts::ArtifactStore;
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
