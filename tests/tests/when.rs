@@ -48,7 +48,9 @@ fn conditions_keep_the_documents_docarray_keeps() {
 #[test]
 fn a_flow_with_conditions_sends_each_branch_only_its_documents() {
     let dir = temp_dir("when-flow");
-    let served = serve_flow(
+    // Also the gateway on a multi-threaded runtime (`--threads`; one thread is the default that
+    // every other end-to-end test runs).
+    let served = serve_flow_with(
         &dir,
         r#"
 jtype: Flow
@@ -70,6 +72,7 @@ executors:
     command: zeroflow-test-executor
     needs: [cats, dogs]
 "#,
+        &["--threads", "2"],
     );
     let grpc = served.grpc.clone().expect("grpc endpoint printed");
     run_python("check_client.py", &["when_flow", "--grpc", &grpc]);
