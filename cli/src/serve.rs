@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use zeroflow_platform::local::LocalOptions;
+use zeroflow_platform::local::{LocalOptions, RuntimeEvent};
 use zeroflow_platform::server::flows::{self, RunningFlow};
 use zeroflow_spec::Source;
 
@@ -193,7 +193,33 @@ pub async fn serve(args: ServeArgs) -> i32 {
     }
     println!("Press Ctrl-C to stop.");
 
-    let served = running.serve_until(listeners, shutdown_signal()).await;
+    // The Flow stops on Ctrl-C / SIGTERM, or when an Executor is marked Failed (its replicas kept
+    // crashing): a `jc flow serve` whose Executor cannot run exits as it would at start-up.
+    let failed = Arc::new(parking_lot::Mutex::new(None::<String>));
+    let stop = {
+        let failed = failed.clone();
+        let mut events = running.runtime.subscribe();
+        async move {
+            let executor_failed = async {
+                loop {
+                    match events.recv().await {
+                        Ok(RuntimeEvent::ExecutorFailed { executor, why }) => {
+                            return format!("Executor {executor}: {why}");
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                why = executor_failed => *failed.lock() = Some(why),
+            }
+        }
+    };
+    let served = running.serve_until(listeners, stop).await;
     eprintln!("Stopping: draining replicas...");
     let _ = std::fs::remove_dir_all(&work_dir);
     match Arc::try_unwrap(running) {
@@ -204,6 +230,10 @@ pub async fn serve(args: ServeArgs) -> i32 {
                 .shutdown(opts.drain_timeout + Duration::from_secs(15))
                 .await
         }
+    }
+    if let Some(why) = failed.lock().take() {
+        eprintln!("error: {why}");
+        return EX_UNAVAILABLE;
     }
     match served {
         Ok(()) => {
