@@ -3,6 +3,7 @@
 //! the autoscaler. It never spawns anything.
 
 pub mod breaker;
+pub mod h2call;
 pub mod metrics;
 pub mod replicas;
 pub mod stats;

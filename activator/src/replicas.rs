@@ -4,44 +4,47 @@
 //! it (pushed, not probed), load is balanced by containerConcurrency as Knative's activator does,
 //! and a request to an unreachable replica is retried on another.
 
+use crate::h2call::{CallError, H2Channel};
 use crate::metrics::ActivatorMetrics;
 use crate::stats::{ConcurrencyMeter, Stat};
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use zeroflow_proto::jina::jina_data_request_rpc_client::JinaDataRequestRpcClient;
-use zeroflow_proto::jina::jina_discover_endpoints_rpc_client::JinaDiscoverEndpointsRpcClient;
-use zeroflow_proto::jina::jina_single_data_request_rpc_client::JinaSingleDataRequestRpcClient;
-use zeroflow_proto::jina::{DataRequestListProto, DataRequestProto, RouteProto};
+use zeroflow_proto::jina::{DataRequestListProto, DataRequestProto, EndpointsProto, RouteProto};
+use zeroflow_proto::paths;
 
 /// Metadata the shim reads to count requests that came through the activator separately.
 pub const PROXIED_HEADER: &str = "x-zeroflow-proxied";
 
-/// One replica's address and its (lazily connected, multiplexed) channel.
+/// One replica's address and its (lazily connected, multiplexed) connection.
 pub struct Replica {
     pub id: String,
     pub addr: String,
-    channel: Channel,
+    channel: H2Channel,
     in_flight: AtomicUsize,
 }
 
 impl Replica {
     pub fn new(id: impl Into<String>, addr: impl Into<String>) -> Result<Self, Status> {
         let addr = addr.into();
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad replica address {addr}: {e}")))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        match format!("http://{addr}").parse::<http::Uri>() {
+            Ok(u) if u.port().is_some() && u.path() == "/" => {}
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "bad replica address {addr:?}: expected HOST:PORT"
+                )));
+            }
+        }
         Ok(Replica {
             id: id.into(),
+            channel: H2Channel::new(addr.clone()),
             addr,
-            channel,
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -458,11 +461,14 @@ impl ReplicaSet {
         Ok(Admitted(self))
     }
 
-    async fn with_retries<T, F, Fut>(&self, opts: CallOptions, mut f: F) -> Result<T, Status>
-    where
-        F: FnMut(Channel) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
-    {
+    /// One unary call to a replica, queued while none is ready and retried on another while the
+    /// request did not reach the Executor.
+    async fn call(
+        &self,
+        opts: CallOptions,
+        path: &'static str,
+        message: Bytes,
+    ) -> Result<Bytes, Status> {
         let _admitted = self.admit()?;
         let arrived = Instant::now();
         let deadline = arrived + self.settings.read().request_timeout;
@@ -471,7 +477,10 @@ impl ReplicaSet {
         let last = loop {
             attempt += 1;
             let slot = self.acquire(deadline, arrived, &tried).await?;
-            let call = f(slot.replica.channel.clone());
+            let call = slot
+                .replica
+                .channel
+                .unary(path, message.clone(), &[(PROXIED_HEADER, "1")]);
             let budget = deadline.saturating_duration_since(Instant::now());
             let limit = opts.timeout.map_or(budget, |t| t.min(budget));
             let result = match tokio::time::timeout(limit, call).await {
@@ -490,21 +499,16 @@ impl ReplicaSet {
                     )));
                 }
             };
-            match result {
-                Err(s) if s.code() == Code::Unavailable => {
-                    tracing::debug!(executor = %self.executor, replica = %slot.replica.id, error = %s.message(), "replica unavailable, trying another");
-                    if !tried.contains(&slot.replica.id) {
-                        tried.push(slot.replica.id.clone());
-                    }
-                    let n = self.replica_count();
-                    if attempt >= self.attempts(n) {
-                        break s;
-                    }
-                }
+            let unavailable = match result {
+                Ok(answer) => return Ok(answer),
+                Err(CallError::NotSent(s)) => s,
+                // A draining or overloaded replica says UNAVAILABLE before it takes the request.
+                Err(CallError::Answered(s)) if s.code() == Code::Unavailable => s,
+                Err(CallError::Answered(s)) => return Err(s),
                 // The connection broke after the request was sent (the replica died mid-call):
                 // not retried, since the Executor may have processed it, but reported as the
                 // Executor being unavailable rather than an opaque transport error.
-                Err(s) if s.code() == Code::Unknown && std::error::Error::source(&s).is_some() => {
+                Err(CallError::Broken(s)) => {
                     return Err(Status::unavailable(format!(
                         "Executor {} (replica {}) failed while processing the request: {}",
                         self.executor,
@@ -512,7 +516,13 @@ impl ReplicaSet {
                         s.message()
                     )));
                 }
-                other => return other,
+            };
+            tracing::debug!(executor = %self.executor, replica = %slot.replica.id, error = %unavailable.message(), "replica unavailable, trying another");
+            if !tried.contains(&slot.replica.id) {
+                tried.push(slot.replica.id.clone());
+            }
+            if attempt >= self.attempts(self.replica_count()) {
+                break unavailable;
             }
         };
         let last = last.message();
@@ -548,20 +558,10 @@ impl ReplicaSet {
         if let Some(r) = self.dry_run_while_cold(&req) {
             return Ok(r);
         }
-        self.with_retries(opts, |ch| {
-            let mut r = tonic::Request::new(req.clone());
-            r.metadata_mut().insert(
-                PROXIED_HEADER,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            async move {
-                let mut c = JinaSingleDataRequestRpcClient::new(ch)
-                    .max_decoding_message_size(zeroflow_proto::MAX_MESSAGE_SIZE)
-                    .max_encoding_message_size(zeroflow_proto::MAX_MESSAGE_SIZE);
-                c.process_single_data(r).await.map(|r| r.into_inner())
-            }
-        })
-        .await
+        let answer = self
+            .call(opts, paths::PROCESS_SINGLE_DATA, req.encode_to_vec().into())
+            .await?;
+        decode(&self.executor, &answer)
     }
 
     /// `process_data` with several requests (for `no_reduce` merges, where the Executor gets
@@ -571,22 +571,11 @@ impl ReplicaSet {
         reqs: Vec<DataRequestProto>,
         opts: CallOptions,
     ) -> Result<DataRequestProto, Status> {
-        self.with_retries(opts, |ch| {
-            let mut r = tonic::Request::new(DataRequestListProto {
-                requests: reqs.clone(),
-            });
-            r.metadata_mut().insert(
-                PROXIED_HEADER,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            async move {
-                let mut c = JinaDataRequestRpcClient::new(ch)
-                    .max_decoding_message_size(zeroflow_proto::MAX_MESSAGE_SIZE)
-                    .max_encoding_message_size(zeroflow_proto::MAX_MESSAGE_SIZE);
-                c.process_data(r).await.map(|r| r.into_inner())
-            }
-        })
-        .await
+        let list = DataRequestListProto { requests: reqs };
+        let answer = self
+            .call(opts, paths::PROCESS_DATA, list.encode_to_vec().into())
+            .await?;
+        decode(&self.executor, &answer)
     }
 
     /// Asks a ready replica for its endpoints and remembers them. Never wakes a cold Executor.
@@ -598,15 +587,29 @@ impl ReplicaSet {
             )));
         };
         let slot = Slot { set: self, replica };
-        let mut c = JinaDiscoverEndpointsRpcClient::new(slot.replica.channel.clone());
-        let eps = tokio::time::timeout(Duration::from_secs(10), c.endpoint_discovery(()))
+        let call = slot
+            .replica
+            .channel
+            .unary(paths::ENDPOINT_DISCOVERY, Bytes::new(), &[]);
+        let answer = tokio::time::timeout(Duration::from_secs(10), call)
             .await
-            .map_err(|_| Status::deadline_exceeded("endpoint discovery took over 10 s"))??
-            .into_inner()
-            .endpoints;
+            .map_err(|_| Status::deadline_exceeded("endpoint discovery took over 10 s"))?
+            .map_err(|e| match e {
+                CallError::NotSent(s) | CallError::Broken(s) | CallError::Answered(s) => s,
+            })?;
+        let eps: Vec<String> = decode::<EndpointsProto>(&self.executor, &answer)?.endpoints;
         self.set_endpoints(eps.clone());
         Ok(eps)
     }
+}
+
+/// An Executor's answer, decoded.
+fn decode<M: Message + Default>(executor: &str, bytes: &[u8]) -> Result<M, Status> {
+    M::decode(bytes).map_err(|e| {
+        Status::internal(format!(
+            "Executor {executor} answered with a message that does not decode: {e}"
+        ))
+    })
 }
 
 struct Admitted<'a>(&'a ReplicaSet);
