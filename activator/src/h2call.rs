@@ -180,29 +180,9 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Status> {
     }
     let message = headers
         .get("grpc-message")
-        .map(|m| percent_decode(m.as_bytes()))
+        .map(|m| zeroflow_proto::percent_decode(m.as_bytes()))
         .unwrap_or_default();
     Some(Status::new(Code::from_i32(code), message))
-}
-
-/// gRPC's percent-encoding of grpc-message.
-fn percent_decode(b: &[u8]) -> String {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// gRPC's mapping of HTTP statuses (for a proxy in the way that answers without gRPC).

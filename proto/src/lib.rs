@@ -75,5 +75,37 @@ pub mod paths {
 }
 
 /// The endpoint every Jina Executor reports and the dry-run endpoint.
+/// `%XX` decoding, as gRPC encodes `grpc-message` and URLs encode path segments; an invalid
+/// sequence is kept as written, and bytes that are not UTF-8 are replaced.
+pub fn percent_decode(b: &[u8]) -> String {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub const DEFAULT_ENDPOINT: &str = "/default";
 pub const DRY_RUN_ENDPOINT: &str = "_jina_dry_run_";
+
+#[cfg(test)]
+mod percent_tests {
+    #[test]
+    fn percent_decoding_keeps_what_is_not_an_escape() {
+        assert_eq!(super::percent_decode(b"a%20b"), "a b");
+        assert_eq!(super::percent_decode(b"%E2%9C%93 ok"), "✓ ok");
+        assert_eq!(super::percent_decode(b"100%"), "100%");
+        assert_eq!(super::percent_decode(b"%zz%4"), "%zz%4");
+    }
+}

@@ -90,23 +90,7 @@ impl std::fmt::Display for RouteError {
 
 /// `%XX` decoding of one path segment (invalid sequences are kept as written).
 pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    zeroflow_proto::percent_decode(s.as_bytes())
 }
 
 /// Routes `method` + `path` (no query string).
