@@ -184,18 +184,24 @@ impl Served {
     }
 }
 
+/// Kills a still-running child and every process below it (for Drop guards: a failing test
+/// must not leave processes behind).
+pub fn kill_tree(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        for p in descendants(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            for p in descendants(self.child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_tree(&mut self.child);
     }
 }
 

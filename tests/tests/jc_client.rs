@@ -129,16 +129,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            for p in descendants(self.child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_tree(&mut self.child);
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use zeroflow_tests::{
-    bin, descendants, path_with_venv, pid_alive, venv_bin, wait_for, workspace_root,
+    bin, descendants, kill_tree, path_with_venv, pid_alive, venv_bin, wait_for, workspace_root,
 };
 
 pub struct Server {
@@ -185,16 +185,7 @@ pub fn assert_gone(tree: Vec<u32>) {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            for p in descendants(self.child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_tree(&mut self.child);
     }
 }
 
