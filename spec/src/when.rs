@@ -273,8 +273,8 @@ fn lookup(path: &str, op: Op, value: &Value, regex: Option<&Regex>, doc: &Value)
     match op {
         Op::Eq => py_eq(field, value),
         Op::Neq => !py_eq(field, value),
-        Op::In => members(value).is_some_and(|m| m.iter().any(|v| py_eq(field, v))),
-        Op::Nin => members(value).is_some_and(|m| !m.iter().any(|v| py_eq(field, v))),
+        Op::In => py_in(field, value) == Some(true),
+        Op::Nin => py_in(field, value) == Some(false),
         Op::Lt => not_none && py_cmp(field, value) == Some(Ordering::Less),
         Op::Lte => {
             not_none && matches!(py_cmp(field, value), Some(Ordering::Less | Ordering::Equal))
@@ -304,12 +304,13 @@ fn lookup(path: &str, op: Op, value: &Value, regex: Option<&Regex>, doc: &Value)
     }
 }
 
-/// What `x in value` iterates over: a list's items (a string's characters are not documents'
-/// values, so a string list is taken as one value).
-fn members(value: &Value) -> Option<Vec<&Value>> {
+/// Python's `field in value`: a list's items, a mapping's keys, a substring of a string; None
+/// where Python would raise (a number is not a container).
+fn py_in(field: &Value, value: &Value) -> Option<bool> {
     match value {
-        Value::Array(a) => Some(a.iter().collect()),
-        Value::Object(m) => Some(m.values().collect()),
+        Value::Array(a) => Some(a.iter().any(|v| py_eq(field, v))),
+        Value::Object(m) => Some(field.as_str().is_some_and(|k| m.contains_key(k))),
+        Value::String(s) => field.as_str().map(|f| s.contains(f)),
         _ => None,
     }
 }
