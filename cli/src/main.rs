@@ -3,6 +3,7 @@
 //! `client` commands (the public `jcloud` command tree).
 
 mod client;
+mod export;
 mod serve;
 mod server_cmd;
 
@@ -66,6 +67,10 @@ enum Top {
 enum FlowCmd {
     /// Run one Flow on this machine: a gateway plus one executor-shim per replica.
     Serve(serve::ServeArgs),
+    /// Render a Flow as Kubernetes objects for a cluster that runs Knative Serving: one
+    /// Knative Service per Executor (autoscaled as its `jcloud.autoscale` says) and one for the
+    /// gateway.
+    Export(export::ExportArgs),
     /// Check a Flow YAML and print its normalized form (or its errors).
     Validate {
         /// The Flow (or Deployment) YAML file.
@@ -106,6 +111,7 @@ fn main() {
             Top::Flow { command } => match command {
                 FlowCmd::Serve(args) => serve::serve(args).await,
                 FlowCmd::Validate { path } => serve::validate(&path),
+                FlowCmd::Export(args) => export::run(args),
                 FlowCmd::Remote(client::FlowRemote::Normalize { path }) => {
                     match client::resolve_spec(client::Kind::Flow, &path) {
                         Ok(file) => serve::validate(&file),

@@ -42,9 +42,55 @@ pub struct ServeArgs {
     /// gateway work (many clients, large JSON bodies over HTTP).
     #[arg(long, default_value = "1", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
+    /// Call this Executor at HOST:PORT instead of running it here, as if the Flow said
+    /// `external: true` (repeatable). `jc flow export --target knative` runs the gateway so.
+    #[arg(long = "executor-address", value_name = "NAME=HOST:PORT")]
+    pub executor_address: Vec<String>,
+}
+
+/// Applies `--executor-address NAME=HOST:PORT` to the Flow's Executors.
+fn apply_addresses(flow: &mut zeroflow_spec::Flow, pairs: &[String]) -> Result<(), String> {
+    for pair in pairs {
+        let (name, addr) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--executor-address {pair:?}: expected NAME=HOST:PORT"))?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
+            format!("--executor-address {pair:?}: expected NAME=HOST:PORT, the port is missing")
+        })?;
+        let port: u16 = port.parse().map_err(|_| {
+            format!(
+                "--executor-address {pair:?}: the port {port:?} is not a number from 1 to 65535"
+            )
+        })?;
+        let known: Vec<String> = flow.executors.iter().map(|e| e.name.clone()).collect();
+        let exec = flow
+            .executors
+            .iter_mut()
+            .find(|e| e.name == name)
+            .ok_or_else(|| {
+                format!(
+                    "--executor-address {pair:?}: the Flow has no Executor {name:?} (it has: {})",
+                    known.join(", ")
+                )
+            })?;
+        exec.external = Some(zeroflow_spec::ExternalAddress {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            tls: false,
+        });
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<zeroflow_spec::Flow, i32> {
+    load_with_text(path).map(|(flow, _)| flow)
+}
+
+/// The Flow at `path` and its text, or the exit code after printing why it cannot be loaded.
+pub(crate) fn load_with_text(path: &Path) -> Result<(zeroflow_spec::Flow, String), i32> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -64,7 +110,7 @@ fn load(path: &Path) -> Result<zeroflow_spec::Flow, i32> {
             for w in &loaded.warnings {
                 eprintln!("warning: {}: {w}", path.display());
             }
-            Ok(loaded.flow)
+            Ok((loaded.flow, text))
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -87,10 +133,14 @@ pub fn validate(path: &Path) -> i32 {
 }
 
 pub async fn serve(args: ServeArgs) -> i32 {
-    let flow = match load(&args.path) {
+    let mut flow = match load(&args.path) {
         Ok(f) => f,
         Err(code) => return code,
     };
+    if let Err(e) = apply_addresses(&mut flow, &args.executor_address) {
+        eprintln!("error: {e}");
+        return EX_USAGE;
+    }
     let autoscaler_config = match zeroflow_platform::scaling::config_from_pairs(&args.autoscaler) {
         Ok(c) => c,
         Err(e) => {
@@ -136,7 +186,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
     let at_zero: Vec<&str> = flow
         .executors
         .iter()
-        .filter(|e| flows::initial_replicas(e) == 0)
+        .filter(|e| e.external.is_none() && flows::initial_replicas(e) == 0)
         .map(|e| e.name.as_str())
         .collect();
     eprintln!(
@@ -185,11 +235,17 @@ pub async fn serve(args: ServeArgs) -> i32 {
         }
     }
     for e in &flow.executors {
-        println!(
-            "  executor   {:<20} {} replica(s) ready",
-            e.name,
-            running.runtime.ready_replicas(&e.name)
-        );
+        match &e.external {
+            Some(a) => println!(
+                "  executor   {:<20} external at {}:{}",
+                e.name, a.host, a.port
+            ),
+            None => println!(
+                "  executor   {:<20} {} replica(s) ready",
+                e.name,
+                running.runtime.ready_replicas(&e.name)
+            ),
+        }
     }
     println!("Press Ctrl-C to stop.");
 

@@ -123,41 +123,9 @@ pub fn executor_command(exec: &Executor, opts: &LocalOptions) -> Result<Vec<Stri
         }
         return Ok(cmd);
     }
-    let jina_args = |uses: String| -> Vec<String> {
-        let mut v = vec![
-            opts.jina.to_string_lossy().into_owned(),
-            "executor".into(),
-            "--uses".into(),
-            uses,
-            "--name".into(),
-            exec.name.clone(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            "{port}".into(),
-            // One process: SIGTERM reaches the server itself (see jina-protocol.md).
-            "--native".into(),
-        ];
-        if !exec.uses_with.is_empty() {
-            v.push("--uses-with".into());
-            v.push(serde_json::Value::Object(exec.uses_with.clone()).to_string());
-        }
-        if !exec.uses_metas.is_empty() {
-            v.push("--uses-metas".into());
-            v.push(serde_json::Value::Object(exec.uses_metas.clone()).to_string());
-        }
-        if !exec.uses_requests.is_empty() {
-            v.push("--uses-requests".into());
-            v.push(serde_json::Value::Object(exec.uses_requests.clone()).to_string());
-        }
-        if !exec.py_modules.is_empty() {
-            v.push("--py-modules".into());
-            for m in &exec.py_modules {
-                v.push(resolve(&opts.flow_dir, m));
-            }
-        }
-        v
-    };
+    let jina = opts.jina.to_string_lossy();
+    let jina_args =
+        |uses: String| jina_executor_args(exec, &jina, uses, |p| resolve(&opts.flow_dir, p));
     match &exec.uses {
         Uses::PassThrough => Ok(jina_args("BaseExecutor".into())),
         Uses::Class { name } => Ok(jina_args(name.clone())),
@@ -183,6 +151,79 @@ pub fn executor_command(exec: &Executor, opts: &LocalOptions) -> Result<Vec<Stri
                 .into(),
         }),
     }
+}
+
+/// An `external: true` Executor is one replica at its address in every shard's set: the gateway
+/// calls it as it calls a local replica, and nothing here starts, scales or stops it.
+fn add_external(
+    exec: &Executor,
+    addr: &zeroflow_spec::ExternalAddress,
+    sets: &[Arc<ReplicaSet>],
+) -> Result<(), RuntimeError> {
+    let unsupported = |why: String| RuntimeError::Unsupported {
+        executor: exec.name.clone(),
+        uses: format!("an external address ({}:{})", addr.host, addr.port),
+        why,
+    };
+    if addr.tls {
+        return Err(unsupported(
+            "`tls: true` is not supported for external Executors yet; Zeroflow calls them over \
+             plain HTTP/2 (h2c)"
+                .into(),
+        ));
+    }
+    let host = if addr.host.contains(':') && !addr.host.starts_with('[') {
+        format!("[{}]", addr.host)
+    } else {
+        addr.host.clone()
+    };
+    let hostport = format!("{host}:{}", addr.port);
+    for (i, set) in sets.iter().enumerate() {
+        set.add_replica(&format!("{}-external-{i}", exec.name), &hostport)
+            .map_err(|e| unsupported(e.message().to_string()))?;
+    }
+    Ok(())
+}
+
+/// `jina executor` with the Executor's `uses_*` and `py_modules` (each path through `path`),
+/// on `{port}` of loopback: the shim in front of it is what others call.
+pub fn jina_executor_args(
+    exec: &Executor,
+    jina: &str,
+    uses: String,
+    path: impl Fn(&str) -> String,
+) -> Vec<String> {
+    let mut v = vec![
+        jina.to_string(),
+        "executor".into(),
+        "--uses".into(),
+        uses,
+        "--name".into(),
+        exec.name.clone(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        "{port}".into(),
+        // One process: SIGTERM reaches the server itself (see jina-protocol.md).
+        "--native".into(),
+    ];
+    for (flag, map) in [
+        ("--uses-with", &exec.uses_with),
+        ("--uses-metas", &exec.uses_metas),
+        ("--uses-requests", &exec.uses_requests),
+    ] {
+        if !map.is_empty() {
+            v.push(flag.into());
+            v.push(serde_json::Value::Object(map.clone()).to_string());
+        }
+    }
+    if !exec.py_modules.is_empty() {
+        v.push("--py-modules".into());
+        for m in &exec.py_modules {
+            v.push(path(m));
+        }
+    }
+    v
 }
 
 fn resolve(dir: &Path, p: &str) -> String {
@@ -542,6 +583,8 @@ struct ExecRuntime {
 pub struct LocalRuntime {
     opts: Arc<LocalOptions>,
     execs: Vec<Arc<ExecRuntime>>,
+    /// `external: true` Executors: served from their address, never started or scaled here.
+    external: Vec<(String, Vec<Arc<ReplicaSet>>)>,
     events: tokio::sync::broadcast::Sender<RuntimeEvent>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     logs: LogBook,
@@ -557,10 +600,10 @@ impl LocalRuntime {
         metrics: Option<zeroflow_activator::ActivatorMetrics>,
     ) -> Result<Self, RuntimeError> {
         let mut execs = vec![];
+        let mut external = vec![];
         let logs = LogBook::default();
         for exec in &flow.executors {
-            executor_command(exec, &opts)?;
-            let sets = (0..exec.shards)
+            let sets: Vec<Arc<ReplicaSet>> = (0..exec.shards)
                 .map(|_| {
                     let mut rs =
                         ReplicaSet::new(&exec.name, exec.retries).with_settings(settings(exec));
@@ -570,6 +613,12 @@ impl LocalRuntime {
                     Arc::new(rs)
                 })
                 .collect();
+            if let Some(addr) = &exec.external {
+                add_external(exec, addr, &sets)?;
+                external.push((exec.name.clone(), sets));
+                continue;
+            }
+            executor_command(exec, &opts)?;
             let (desired, _) = tokio::sync::watch::channel(0);
             execs.push(Arc::new(ExecRuntime {
                 exec: exec.clone(),
@@ -585,6 +634,7 @@ impl LocalRuntime {
         Ok(LocalRuntime {
             opts: Arc::new(opts),
             execs,
+            external,
             events,
             tasks: Mutex::new(vec![]),
             logs,
@@ -606,6 +656,7 @@ impl LocalRuntime {
         self.execs
             .iter()
             .map(|e| (e.exec.name.clone(), e.sets.clone()))
+            .chain(self.external.iter().cloned())
             .collect()
     }
 

@@ -86,7 +86,12 @@ pub fn start(
     let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
     let shards = runtime.shards();
     let mut scaled = vec![];
-    for e in flow.executors.iter().filter(|e| e.jcloud.autoscale_set) {
+    // External Executors are scaled by whoever runs them.
+    for e in flow
+        .executors
+        .iter()
+        .filter(|e| e.jcloud.autoscale_set && e.external.is_none())
+    {
         let spec = ScalingSpec::new(&e.jcloud.autoscale, autoscaler.config());
         autoscaler.add_executor(&e.name, spec, now, runtime.desired(&e.name));
         for set in shards.get(&e.name).into_iter().flatten() {

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod apiserver;
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -57,6 +59,14 @@ pub fn path_with_venv() -> String {
         venv_bin().display(),
         std::env::var("PATH").unwrap_or_default()
     )
+}
+
+/// A loopback port free now (the OS picks it; a test binds it again right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// Polls `f` until it returns Some, or panics with `what` after `deadline`.

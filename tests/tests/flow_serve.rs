@@ -247,3 +247,71 @@ executors:
     });
     served.stop();
 }
+
+/// An Executor Zeroflow does not run: `external: true` in the YAML, or `--executor-address` on
+/// the command line (how a gateway exported to Knative reaches the Executors' Services). The
+/// gateway calls it at its address; only the other Executors get shims.
+#[test]
+fn external_executors_are_called_at_their_address() {
+    let port = free_port();
+    let mut backend = Command::new(bin("zeroflow-test-executor"))
+        .args(["--port", &port.to_string(), "--append=-one"])
+        .spawn()
+        .expect("start the test Executor");
+    wait_for(
+        "the external Executor to listen",
+        std::time::Duration::from_secs(60),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
+    let local_exec2 = r#"
+  - name: exec2
+    command: zeroflow-test-executor --append=-two --endpoints /custom
+    replicas: 2
+"#;
+    let dir = temp_dir("external-flow");
+    let served = serve_flow(
+        &dir,
+        &format!(
+            "jtype: Flow\nexecutors:\n  - name: exec1\n    external: true\n    host: 127.0.0.1\n    port: {port}\n{local_exec2}"
+        ),
+    );
+    assert!(
+        served.printed(&format!("external at 127.0.0.1:{port}")),
+        "{:#?}",
+        served.lines
+    );
+    assert_eq!(served.tree().len(), 4, "2 shims for exec2, none for exec1");
+    let grpc = served.grpc.clone().expect("grpc endpoint printed");
+    run_python("check_client.py", &["rust_flow_grpc", "--grpc", &grpc]);
+    served.stop();
+
+    // The same Executor given on the command line instead, for a Flow that would run it.
+    let dir = temp_dir("executor-address");
+    let flow = format!(
+        "jtype: Flow\nexecutors:\n  - name: exec1\n    command: zeroflow-test-executor --append=-never\n{local_exec2}"
+    );
+    let served = serve_flow_with(
+        &dir,
+        &flow,
+        &["--executor-address", &format!("exec1=127.0.0.1:{port}")],
+    );
+    assert_eq!(served.tree().len(), 4, "exec1 is not started");
+    let grpc = served.grpc.clone().expect("grpc endpoint printed");
+    run_python("check_client.py", &["rust_flow_grpc", "--grpc", &grpc]);
+    served.stop();
+
+    // A name the Flow does not have is refused before anything starts, naming what it has.
+    let out = Command::new(bin("jc"))
+        .args(["flow", "serve"])
+        .arg(dir.join("flow.yml"))
+        .args(["--executor-address", "nope=127.0.0.1:1"])
+        .output()
+        .expect("run jc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("the Flow has no Executor \"nope\" (it has: exec1, exec2)"),
+        "{stderr}"
+    );
+    kill_tree(&mut backend);
+}

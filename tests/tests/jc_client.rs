@@ -9,14 +9,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use zeroflow_tests::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A running `jc server` with its own data folder, and a token for it.
 struct Server {
     child: Child,

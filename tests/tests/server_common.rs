@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+pub use zeroflow_tests::free_port;
 use zeroflow_tests::{
     bin, descendants, kill_tree, path_with_venv, pid_alive, venv_bin, wait_for, workspace_root,
 };
@@ -15,13 +16,6 @@ pub struct Server {
     pub child: Child,
     pub port: u16,
     pub data: PathBuf,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 impl Server {

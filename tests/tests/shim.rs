@@ -391,14 +391,6 @@ fn passthrough_with_a_concurrency_limit_is_refused() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A real `jina gateway` in front of a shim wrapping `command`; `check` runs the client.
 fn jina_gateway_in_front_of(command: &[&str], check: &[&str]) {
     let mut shim = start_shim(&[], command);

@@ -1,0 +1,552 @@
+//! `jc flow export --target knative`: a Flow as Knative Services (`serving.knative.dev/v1`), one
+//! per Executor plus one for the gateway, with `jcloud.autoscale` mapped to Knative's
+//! `autoscaling.knative.dev/*` annotations (the table in autoscaling.md). Knative then scales;
+//! the executor-shim stays as each Executor's entrypoint wrapper, and the gateway is `jc flow
+//! serve` calling the Executors' Services as external Executors. Pure: Flow in, objects out.
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use zeroflow_spec::{Executor, Flow, Metric, Protocol, StorageKind, Uses};
+
+/// The port every container serves on: Knative routes to one declared port per container.
+pub const SERVING_PORT: u16 = 8080;
+/// Where the ConfigMap with the Flow (and inline Executor configs) is mounted.
+pub const CONFIG_DIR: &str = "/etc/zeroflow";
+/// Where the init container puts the shim for the Executor container.
+const SHIM_DIR: &str = "/zeroflow";
+/// Where `jcloud.resources.storage` is mounted, as on JCloud.
+pub const DATA_DIR: &str = "/data";
+
+/// Knative features the rendered Services rely on, beyond a default install
+/// (`config-features` in `knative-serving`).
+pub const REQUIRED_FEATURES: &[&str] = &[
+    "kubernetes.podspec-init-containers: enabled (the shim is copied in by an init container)",
+    "kubernetes.podspec-volumes-emptydir: enabled (the shim's folder)",
+];
+
+#[derive(Debug, Clone)]
+pub struct KnativeOptions {
+    /// Namespace of every object; default: the Flow's name.
+    pub namespace: Option<String>,
+    /// Name used when the Flow has no `jcloud.name` (the file's stem).
+    pub default_name: String,
+    /// Image with `jc` and `zeroflow-shim` in /usr/local/bin.
+    pub zeroflow_image: String,
+    /// Image for Python Executors that name no image of their own (pass-through ones).
+    pub jina_image: String,
+    /// Per Executor name: the image that holds its code (overrides `docker://`).
+    pub images: BTreeMap<String, String>,
+}
+
+/// The rendered objects (Namespace, ConfigMap, PersistentVolumeClaims, Knative Services) and
+/// what the user should know about them.
+#[derive(Debug, Clone)]
+pub struct Export {
+    pub objects: Vec<Value>,
+    pub warnings: Vec<String>,
+}
+
+/// Every Executor that cannot be rendered, each with why and what to do.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ExportError(pub Vec<String>);
+
+/// `s` as a DNS-1035 label (what Kubernetes accepts as a Service name): lower case letters,
+/// digits and `-`, starting with a letter, at most `max` characters.
+pub fn dns_label(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let mut out = out.trim_matches('-').to_string();
+    if out.is_empty() {
+        out.push('x');
+    }
+    if !out.starts_with(|c: char| c.is_ascii_lowercase()) {
+        out.insert_str(0, "x-");
+    }
+    if out.len() > max {
+        // Long names keep a hash of the whole, so two long names that share a prefix differ.
+        let hash = fnv(s);
+        out.truncate(max - 7);
+        let out = out.trim_end_matches('-');
+        return format!("{out}-{hash:06x}");
+    }
+    out
+}
+
+fn fnv(s: &str) -> u32 {
+    s.bytes().fold(0x811c9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x01000193)
+    }) & 0xff_ffff
+}
+
+/// Knative appends `-00001` (and more) to a Service's name for its Revisions, which must stay
+/// within 63 characters.
+const SERVICE_NAME_MAX: usize = 50;
+
+fn secs(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// Kubernetes labels: the Flow's and the Executor's `jcloud.labels` and Zeroflow's own.
+fn labels(flow_name: &str, component: &str, own: &BTreeMap<String, String>) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in own {
+        m.insert(k.clone(), json!(v));
+    }
+    m.insert("app.kubernetes.io/name".into(), json!(component));
+    m.insert("app.kubernetes.io/part-of".into(), json!(flow_name));
+    m.insert("app.kubernetes.io/managed-by".into(), json!("zeroflow"));
+    Value::Object(m)
+}
+
+/// `jcloud.autoscale` as Knative's annotations on the Revision template.
+fn autoscale_annotations(e: &Executor) -> Value {
+    let a = &e.jcloud.autoscale;
+    if !e.jcloud.autoscale_set {
+        // No `jcloud.autoscale`: replicas are fixed, as they are when Zeroflow runs the Flow.
+        return json!({
+            "autoscaling.knative.dev/min-scale": e.replicas.to_string(),
+            "autoscaling.knative.dev/max-scale": e.replicas.to_string(),
+        });
+    }
+    let (class, metric) = match a.metric {
+        Metric::Concurrency => ("kpa.autoscaling.knative.dev", "concurrency"),
+        Metric::Rps => ("kpa.autoscaling.knative.dev", "rps"),
+        Metric::Cpu => ("hpa.autoscaling.knative.dev", "cpu"),
+        Metric::Memory => ("hpa.autoscaling.knative.dev", "memory"),
+    };
+    let mut m = json!({
+        "autoscaling.knative.dev/class": class,
+        "autoscaling.knative.dev/metric": metric,
+        "autoscaling.knative.dev/target": a.target.to_string(),
+        "autoscaling.knative.dev/min-scale": a.min.to_string(),
+        "autoscaling.knative.dev/max-scale": a.max.to_string(),
+        "autoscaling.knative.dev/scale-down-delay": secs(a.scale_down_delay),
+    });
+    // The HPA class has no window of its own: Knative refuses the annotation there.
+    if matches!(a.metric, Metric::Concurrency | Metric::Rps) {
+        m["autoscaling.knative.dev/window"] = json!(secs(a.stable_window));
+    }
+    m
+}
+
+/// CPU, memory and GPUs of a JCloud instance tier, as requests and limits.
+fn resources(r: &zeroflow_spec::Resources) -> Value {
+    let i = &r.instance;
+    let mut requests = serde_json::Map::new();
+    let mut limits = serde_json::Map::new();
+    if i.cpu > 0.0 {
+        let cpu = format!("{}m", (i.cpu * 1000.0).round() as u64);
+        requests.insert("cpu".into(), json!(cpu));
+        limits.insert("cpu".into(), json!(cpu));
+    }
+    if i.memory_gib > 0.0 {
+        let mem = format!("{}Mi", (i.memory_gib * 1024.0).round() as u64);
+        requests.insert("memory".into(), json!(mem));
+        limits.insert("memory".into(), json!(mem));
+    }
+    if i.gpus > 0 {
+        limits.insert("nvidia.com/gpu".into(), json!(i.gpus.to_string()));
+    }
+    if let Some(s) = &r.storage
+        && s.kind == StorageKind::Ephemeral
+        && let Some(size) = s.size
+    {
+        requests.insert("ephemeral-storage".into(), json!(size.to_string()));
+    }
+    json!({ "requests": requests, "limits": limits })
+}
+
+fn env_list(flow: &Flow, e: &Executor) -> Vec<Value> {
+    let mut env: BTreeMap<&str, Value> = BTreeMap::new();
+    for (k, v) in flow.env.iter().chain(&e.env) {
+        env.insert(k, json!({ "name": k, "value": v }));
+    }
+    for (k, s) in &e.env_from_secret {
+        env.insert(
+            k,
+            json!({ "name": k, "valueFrom": { "secretKeyRef": { "name": dns_label(&s.name, 253), "key": s.key } } }),
+        );
+    }
+    env.into_values().collect()
+}
+
+/// The Executor's own command inside its image, before the shim wraps it, and the image.
+fn executor_process(
+    e: &Executor,
+    opts: &KnativeOptions,
+    config_files: &mut BTreeMap<String, String>,
+) -> Result<(String, Vec<String>), String> {
+    let image = opts.images.get(&e.name).cloned();
+    let need_image = |what: &str| {
+        format!(
+            "Executor {}: {what}, which must be in an image: pass --image {}=IMAGE",
+            e.name, e.name
+        )
+    };
+    if let Some(cmd) = &e.command {
+        let image = image.ok_or_else(|| need_image("`command:` runs a program of yours"))?;
+        return Ok((image, cmd.clone()));
+    }
+    let args = |uses: String| crate::local::jina_executor_args(e, "jina", uses, |p| p.to_string());
+    match &e.uses {
+        Uses::PassThrough => Ok((
+            image.unwrap_or_else(|| opts.jina_image.clone()),
+            args("BaseExecutor".into()),
+        )),
+        Uses::Class { name } => {
+            let image = image.ok_or_else(|| {
+                need_image(&format!("`uses: {name}` is a class from your py_modules"))
+            })?;
+            Ok((image, args(name.clone())))
+        }
+        Uses::Config { path } => {
+            let image = image
+                .ok_or_else(|| need_image(&format!("`uses: {path}` is a config file of yours")))?;
+            Ok((image, args(path.clone())))
+        }
+        Uses::Inline { config } => {
+            // jina's --uses takes a path: the mapping goes into the ConfigMap, mounted here.
+            let file = format!("{}.uses.yml", dns_label(&e.name, 200));
+            config_files.insert(file.clone(), config.to_string());
+            let image = image.unwrap_or_else(|| opts.jina_image.clone());
+            Ok((image, args(format!("{CONFIG_DIR}/{file}"))))
+        }
+        Uses::Docker { image: own } => {
+            // Images built for Jina (`jina hub push`) hold their config.yml in the working
+            // folder, which is what their own entrypoint runs.
+            let image = image.unwrap_or_else(|| own.clone());
+            Ok((image, args("config.yml".into())))
+        }
+        Uses::Hub { scheme, reference } => {
+            let image = image.ok_or_else(|| {
+                format!(
+                    "Executor {}: `uses: {scheme}://{reference}` names an Executor Hub image, \
+                     which Zeroflow cannot resolve offline: pass --image {}=IMAGE",
+                    e.name, e.name
+                )
+            })?;
+            Ok((image, args("config.yml".into())))
+        }
+    }
+}
+
+/// What every object of one export shares.
+struct Ctx<'a> {
+    flow: &'a Flow,
+    flow_name: String,
+    namespace: String,
+    opts: &'a KnativeOptions,
+}
+
+/// The Knative Service of one Executor, and the claim of its storage if it has one.
+fn executor_service(
+    ctx: &Ctx,
+    name: &str,
+    e: &Executor,
+    (image, command): (String, Vec<String>),
+    warnings: &mut Vec<String>,
+) -> (Value, Option<Value>) {
+    let (flow, flow_name, namespace) = (ctx.flow, ctx.flow_name.as_str(), ctx.namespace.as_str());
+    let mut shim = vec![
+        format!("{SHIM_DIR}/zeroflow-shim"),
+        "--executor".into(),
+        e.name.clone(),
+        "--host".into(),
+        "0.0.0.0".into(),
+        "--port".into(),
+        SERVING_PORT.to_string(),
+        "--startup-timeout".into(),
+        secs(e.jcloud.autoscale.revision_timeout),
+        "--".into(),
+    ];
+    shim.extend(command);
+    let mut mounts = vec![json!({ "name": "zeroflow-shim", "mountPath": SHIM_DIR })];
+    let mut volumes = vec![json!({ "name": "zeroflow-shim", "emptyDir": {} })];
+    let mut pvc = None;
+    if let Some(s) = &e.jcloud.resources.storage {
+        match s.kind {
+            StorageKind::Ephemeral => {
+                let mut dir = json!({});
+                if let Some(size) = s.size {
+                    dir["sizeLimit"] = json!(size.to_string());
+                }
+                volumes.push(json!({ "name": "data", "emptyDir": dir }));
+            }
+            StorageKind::Efs | StorageKind::Ebs => {
+                let claim = format!("{name}-data");
+                // efs is shared by every replica; ebs is one disk, which JCloud does not let
+                // autoscale (the spec refuses the combination).
+                let mode = if s.kind == StorageKind::Efs {
+                    "ReadWriteMany"
+                } else {
+                    "ReadWriteOnce"
+                };
+                let size = s.size.unwrap_or(5_000_000_000);
+                pvc = Some(json!({
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {
+                        "name": claim,
+                        "namespace": namespace,
+                        "labels": labels(flow_name, name, &BTreeMap::new()),
+                    },
+                    "spec": {
+                        "accessModes": [mode],
+                        "resources": { "requests": { "storage": size.to_string() } },
+                    },
+                }));
+                volumes.push(
+                    json!({ "name": "data", "persistentVolumeClaim": { "claimName": claim } }),
+                );
+                warnings.push(format!(
+                    "Executor {}: its {} storage is a PersistentVolumeClaim ({claim}); Knative \
+                     needs kubernetes.podspec-persistent-volume-claim and \
+                     kubernetes.podspec-persistent-volume-write enabled",
+                    e.name,
+                    if s.kind == StorageKind::Efs {
+                        "efs"
+                    } else {
+                        "ebs"
+                    }
+                ));
+            }
+        }
+        mounts.push(json!({ "name": "data", "mountPath": DATA_DIR }));
+    }
+    if matches!(e.uses, Uses::Inline { .. }) {
+        mounts
+            .push(json!({ "name": "zeroflow-config", "mountPath": CONFIG_DIR, "readOnly": true }));
+        volumes
+            .push(json!({ "name": "zeroflow-config", "configMap": { "name": "zeroflow-flow" } }));
+    }
+    let mut labels_own = flow.jcloud.labels.clone();
+    labels_own.extend(e.jcloud.labels.clone());
+    let lbl = labels(flow_name, name, &labels_own);
+    let revision_timeout = e.jcloud.autoscale.revision_timeout.as_secs();
+    if revision_timeout > 600 {
+        warnings.push(format!(
+            "Executor {}: revision_timeout {revision_timeout}s is above Knative's default \
+             max-revision-timeout-seconds (600); raise it in config-defaults",
+            e.name
+        ));
+    }
+    let svc = json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": namespace, "labels": lbl },
+        "spec": {
+            "template": {
+                "metadata": { "labels": lbl, "annotations": autoscale_annotations(e) },
+                "spec": {
+                    "timeoutSeconds": revision_timeout,
+                    "initContainers": [{
+                        "name": "zeroflow-shim",
+                        "image": ctx.opts.zeroflow_image,
+                        "command": ["cp", "/usr/local/bin/zeroflow-shim", format!("{SHIM_DIR}/zeroflow-shim")],
+                        "volumeMounts": [{ "name": "zeroflow-shim", "mountPath": SHIM_DIR }],
+                    }],
+                    "containers": [{
+                        "name": "executor",
+                        "image": image,
+                        "command": shim,
+                        "ports": [{ "name": "h2c", "containerPort": SERVING_PORT }],
+                        "env": env_list(flow, e),
+                        "resources": resources(&e.jcloud.resources),
+                        // The shim answers gRPC health NOT_SERVING until the Executor serves.
+                        "readinessProbe": { "grpc": { "port": SERVING_PORT } },
+                        "volumeMounts": mounts,
+                    }],
+                    "volumes": volumes,
+                },
+            },
+        },
+    });
+    (svc, pvc)
+}
+
+/// The gateway: `jc flow serve` of the same Flow, with every Executor at its Service's address.
+fn gateway_service(ctx: &Ctx, addresses: &[(String, String)], warnings: &mut Vec<String>) -> Value {
+    let (flow, flow_name, namespace) = (ctx.flow, ctx.flow_name.as_str(), ctx.namespace.as_str());
+    let first = flow
+        .gateway
+        .listeners
+        .first()
+        .map_or(Protocol::Grpc, |l| l.protocol);
+    if flow.gateway.listeners.len() > 1 {
+        warnings.push(format!(
+            "the gateway lists {} protocols; a Knative Service routes one port, so it serves {} \
+             only",
+            flow.gateway.listeners.len(),
+            crate::server::flows::protocol_name(first)
+        ));
+    }
+    let mut command = vec![
+        "jc".to_string(),
+        "flow".into(),
+        "serve".into(),
+        format!("{CONFIG_DIR}/flow.yml"),
+        "--host".into(),
+        "0.0.0.0".into(),
+        "--port".into(),
+        SERVING_PORT.to_string(),
+    ];
+    for (exec, addr) in addresses {
+        command.push("--executor-address".into());
+        command.push(format!("{exec}={addr}"));
+    }
+    let port_name = match first {
+        Protocol::Grpc => "h2c",
+        Protocol::Http | Protocol::Websocket => "http1",
+    };
+    let lbl = labels(flow_name, "gateway", &flow.gateway.labels);
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": { "name": "gateway", "namespace": namespace, "labels": lbl },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": lbl,
+                    "annotations": {
+                        "autoscaling.knative.dev/min-scale": "0",
+                        // JCloud's gateway `timeout`: how long an idle gateway stays up.
+                        "autoscaling.knative.dev/scale-to-zero-pod-retention-period":
+                            secs(flow.gateway.idle_timeout),
+                    },
+                },
+                "spec": {
+                    "containers": [{
+                        "name": "gateway",
+                        "image": ctx.opts.zeroflow_image,
+                        "command": command,
+                        "ports": [{ "name": port_name, "containerPort": SERVING_PORT }],
+                        "resources": resources(&flow.gateway.resources),
+                        "volumeMounts": [{ "name": "zeroflow-config", "mountPath": CONFIG_DIR, "readOnly": true }],
+                    }],
+                    "volumes": [{ "name": "zeroflow-config", "configMap": { "name": "zeroflow-flow" } }],
+                },
+            },
+        },
+    })
+}
+
+/// Renders `flow` (loaded from `flow_yaml`) for Knative.
+pub fn render(flow: &Flow, flow_yaml: &str, opts: &KnativeOptions) -> Result<Export, ExportError> {
+    let flow_name = dns_label(
+        flow.jcloud.name.as_deref().unwrap_or(&opts.default_name),
+        63,
+    );
+    let namespace = match &opts.namespace {
+        Some(n) => n.clone(),
+        None => flow_name.clone(),
+    };
+    let ctx = Ctx {
+        flow,
+        flow_name: flow_name.clone(),
+        namespace: namespace.clone(),
+        opts,
+    };
+    let mut errors = vec![];
+    let mut warnings = vec![];
+    for (i, w) in REQUIRED_FEATURES.iter().enumerate() {
+        if i == 0 {
+            warnings.push(format!("the Services need these Knative features: {w}"));
+        } else {
+            warnings.push(format!("  and {w}"));
+        }
+    }
+    let mut config_files = BTreeMap::new();
+    config_files.insert("flow.yml".to_string(), flow_yaml.to_string());
+    let mut services = vec![];
+    let mut pvcs = vec![];
+    let mut addresses = vec![];
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    taken.insert("gateway".into(), "the gateway".into());
+    for e in &flow.executors {
+        if let Some(a) = &e.external {
+            addresses.push((e.name.clone(), format!("{}:{}", a.host, a.port)));
+            continue;
+        }
+        if e.shards > 1 {
+            errors.push(format!(
+                "Executor {}: shards: {} cannot be exported yet: a Knative Service is one \
+                 replicated Executor, and the gateway would need one address per shard (use \
+                 replicas, or one Executor per shard)",
+                e.name, e.shards
+            ));
+            continue;
+        }
+        let name = dns_label(&e.name, SERVICE_NAME_MAX);
+        if let Some(other) = taken.insert(name.clone(), format!("Executor {}", e.name)) {
+            errors.push(format!(
+                "Executor {}: its Service name {name:?} is also the name of {other}; rename one",
+                e.name
+            ));
+            continue;
+        }
+        match executor_process(e, opts, &mut config_files) {
+            Ok(process) => {
+                let (svc, pvc) = executor_service(&ctx, &name, e, process, &mut warnings);
+                services.push(svc);
+                pvcs.extend(pvc);
+                // Knative's cluster-local address: port 80 routes to the h2c port.
+                addresses.push((
+                    e.name.clone(),
+                    format!("{name}.{namespace}.svc.cluster.local:80"),
+                ));
+            }
+            Err(why) => errors.push(why),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ExportError(errors));
+    }
+    let gateway = gateway_service(&ctx, &addresses, &mut warnings);
+    let mut objects = vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": { "name": namespace, "labels": labels(&flow_name, &flow_name, &BTreeMap::new()) },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "zeroflow-flow",
+                "namespace": namespace,
+                "labels": labels(&flow_name, "gateway", &BTreeMap::new()),
+            },
+            "data": config_files,
+        }),
+    ];
+    objects.extend(pvcs);
+    objects.extend(services);
+    objects.push(gateway);
+    Ok(Export { objects, warnings })
+}
+
+/// The objects as one multi-document YAML stream, with a header saying how to apply it.
+pub fn to_yaml(export: &Export) -> String {
+    let mut out = String::from(
+        "# Rendered by `jc flow export --target knative`. Apply with: kubectl apply -f FILE\n",
+    );
+    for f in REQUIRED_FEATURES {
+        out.push_str(&format!("# Needs Knative feature {f}\n"));
+    }
+    for o in &export.objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(o).unwrap_or_default());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
