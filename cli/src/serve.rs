@@ -46,6 +46,17 @@ pub struct ServeArgs {
     /// `external: true` (repeatable). `jc flow export --target knative` runs the gateway so.
     #[arg(long = "executor-address", value_name = "NAME=HOST:PORT")]
     pub executor_address: Vec<String>,
+    /// Serve every protocol of the gateway on one port (the first of --port, else the Flow's
+    /// first): gRPC by its content type, websocket upgrades, and HTTP. For platforms that route
+    /// one port per service, as Knative does.
+    #[arg(long)]
+    pub one_port: bool,
+}
+
+/// The gateway's sockets: one per protocol (as Jina serves), or one for all.
+enum Bound {
+    Each(Vec<(zeroflow_spec::Protocol, tokio::net::TcpListener)>),
+    One(tokio::net::TcpListener),
 }
 
 /// Applies `--executor-address NAME=HOST:PORT` to the Flow's Executors.
@@ -162,11 +173,30 @@ pub async fn serve(args: ServeArgs) -> i32 {
     opts.env.extend(flow.env.clone());
 
     // Bind first, so a taken port fails before any Executor starts.
-    let listeners = match flows::bind_listeners(&flow, &args.host, &args.port, true).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EX_UNAVAILABLE;
+    let bound = if args.one_port {
+        let port = args
+            .port
+            .first()
+            .copied()
+            .or_else(|| flow.gateway.listeners.first().and_then(|l| l.port))
+            .unwrap_or(0);
+        match tokio::net::TcpListener::bind((args.host.as_str(), port)).await {
+            Ok(l) => Bound::One(l),
+            Err(e) => {
+                eprintln!(
+                    "error: the gateway cannot listen on {}:{port}: {e}",
+                    args.host
+                );
+                return EX_UNAVAILABLE;
+            }
+        }
+    } else {
+        match flows::bind_listeners(&flow, &args.host, &args.port, true).await {
+            Ok(l) => Bound::Each(l),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EX_UNAVAILABLE;
+            }
         }
     };
     let mut running = match RunningFlow::new(&flow, opts.clone()) {
@@ -225,12 +255,24 @@ pub async fn serve(args: ServeArgs) -> i32 {
     }
 
     println!("Flow is serving. Endpoints:");
-    for (protocol, l) in &listeners {
-        if let Ok(addr) = l.local_addr() {
+    let endpoints: Vec<(
+        zeroflow_spec::Protocol,
+        std::io::Result<std::net::SocketAddr>,
+    )> = match &bound {
+        Bound::Each(ls) => ls.iter().map(|(p, l)| (*p, l.local_addr())).collect(),
+        Bound::One(l) => flow
+            .gateway
+            .listeners
+            .iter()
+            .map(|x| (x.protocol, l.local_addr()))
+            .collect(),
+    };
+    for (protocol, addr) in endpoints {
+        if let Ok(addr) = addr {
             println!(
                 "  {:<10} {}://{addr}",
-                flows::protocol_name(*protocol),
-                flows::scheme(*protocol)
+                flows::protocol_name(protocol),
+                flows::scheme(protocol)
             );
         }
     }
@@ -275,7 +317,10 @@ pub async fn serve(args: ServeArgs) -> i32 {
             }
         }
     };
-    let served = running.serve_until(listeners, stop).await;
+    let served = match bound {
+        Bound::Each(listeners) => running.serve_until(listeners, stop).await,
+        Bound::One(listener) => running.serve_one_port_until(listener, stop).await,
+    };
     eprintln!("Stopping: draining replicas...");
     let _ = std::fs::remove_dir_all(&work_dir);
     match Arc::try_unwrap(running) {

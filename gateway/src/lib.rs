@@ -146,6 +146,37 @@ impl Gateway {
 }
 
 /// Serves the gateway on each listener with its protocol until `shutdown` resolves.
+/// Every protocol on one port: gRPC (told by its `application/grpc` content type), websocket
+/// upgrades, and the HTTP API, over HTTP/1.1 or HTTP/2. For platforms that route one port per
+/// service (a Knative Service has one), where Jina's one-port-per-protocol cannot work.
+pub async fn serve_one_port(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    use tower::ServiceExt;
+    let grpc = grpc::routes(gw.clone()).await.prepare().into_axum_router();
+    let web = ws::router(gw);
+    let app = axum::Router::new().fallback_service(tower::service_fn(
+        move |req: axum::extract::Request| {
+            let is_grpc = req
+                .headers()
+                .get(::http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            let router = if is_grpc { grpc.clone() } else { web.clone() };
+            router.oneshot(req)
+        },
+    ));
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(anyhow::Error::from)
+}
+
 pub async fn serve(
     gw: Arc<Gateway>,
     listeners: Vec<(Protocol, TcpListener)>,

@@ -375,18 +375,15 @@ fn executor_service(
 /// The gateway: `jc flow serve` of the same Flow, with every Executor at its Service's address.
 fn gateway_service(ctx: &Ctx, addresses: &[(String, String)], warnings: &mut Vec<String>) -> Value {
     let (flow, flow_name, namespace) = (ctx.flow, ctx.flow_name.as_str(), ctx.namespace.as_str());
-    let first = flow
-        .gateway
-        .listeners
-        .first()
-        .map_or(Protocol::Grpc, |l| l.protocol);
-    if flow.gateway.listeners.len() > 1 {
-        warnings.push(format!(
-            "the gateway lists {} protocols; a Knative Service routes one port, so it serves {} \
-             only",
-            flow.gateway.listeners.len(),
-            crate::server::flows::protocol_name(first)
-        ));
+    let protocols: Vec<Protocol> = flow.gateway.listeners.iter().map(|l| l.protocol).collect();
+    let grpc = protocols.is_empty() || protocols.contains(&Protocol::Grpc);
+    if grpc && protocols.contains(&Protocol::Websocket) {
+        warnings.push(
+            "the gateway serves gRPC and websocket on one port: Knative reaches it over h2c \
+             (HTTP/2), which carries gRPC and HTTP but no websocket upgrade; websocket clients \
+             need a Flow without grpc"
+                .into(),
+        );
     }
     let mut command = vec![
         "jc".to_string(),
@@ -398,14 +395,15 @@ fn gateway_service(ctx: &Ctx, addresses: &[(String, String)], warnings: &mut Vec
         "--port".into(),
         SERVING_PORT.to_string(),
     ];
+    if protocols.len() > 1 {
+        // A Knative Service routes one port: every protocol shares it.
+        command.push("--one-port".into());
+    }
     for (exec, addr) in addresses {
         command.push("--executor-address".into());
         command.push(format!("{exec}={addr}"));
     }
-    let port_name = match first {
-        Protocol::Grpc => "h2c",
-        Protocol::Http | Protocol::Websocket => "http1",
-    };
+    let port_name = if grpc { "h2c" } else { "http1" };
     let lbl = labels(flow_name, "gateway", &flow.gateway.labels);
     json!({
         "apiVersion": "serving.knative.dev/v1",

@@ -34,6 +34,37 @@ executors:
     served.stop();
 }
 
+/// `--one-port`: the same Flow's three protocols on one port, each told apart per request
+/// (what a Knative Service, which routes one port, needs).
+#[test]
+fn grpc_http_and_websocket_on_one_port() {
+    let dir = temp_dir("one-port");
+    let served = serve_flow_with(
+        &dir,
+        r#"
+jtype: Flow
+with:
+  protocol: [grpc, http, websocket]
+executors:
+  - name: exec1
+    command: zeroflow-test-executor --append=-one
+  - name: exec2
+    command: zeroflow-test-executor --append=-two --endpoints /custom
+"#,
+        &["--one-port"],
+    );
+    let grpc = served.grpc.clone().expect("grpc endpoint printed");
+    let http = served.http.clone().expect("http endpoint printed");
+    let ws = served.ws.clone().expect("websocket endpoint printed");
+    let port = |url: &str| url.rsplit(':').next().unwrap().to_string();
+    assert_eq!(port(&grpc), port(&http));
+    assert_eq!(port(&grpc), port(&ws));
+    run_python("check_client.py", &["rust_flow_grpc", "--grpc", &grpc]);
+    run_python("check_client.py", &["rust_flow_http", "--http", &http]);
+    run_python("check_client.py", &["rust_flow_ws", "--ws", &ws]);
+    served.stop();
+}
+
 #[test]
 fn jina_client_against_python_executors_with_needs_and_py_modules() {
     let dir = temp_dir("python-flow");

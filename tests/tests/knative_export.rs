@@ -98,6 +98,8 @@ fn the_rendered_commands_serve_the_jina_client() {
         &flow,
         r#"
 jtype: Flow
+with:
+  protocol: [grpc, http]
 executors:
   - name: exec1
     command: zeroflow-test-executor --append=-one
@@ -223,12 +225,22 @@ executors:
     // The gateway started no Executor of its own: it calls them at their addresses.
     let gateway_pid = procs.0.last().unwrap().id();
     assert!(descendants(gateway_pid).is_empty());
+    // Both protocols on the one port a Knative Service routes.
+    assert!(cmd.iter().any(|a| a == "--one-port"), "{cmd:?}");
     run_python(
         "check_client.py",
         &[
             "rust_flow_grpc",
             "--grpc",
             &format!("grpc://127.0.0.1:{gw_port}"),
+        ],
+    );
+    run_python(
+        "check_client.py",
+        &[
+            "rust_flow_http",
+            "--http",
+            &format!("http://127.0.0.1:{gw_port}"),
         ],
     );
 }

@@ -222,6 +222,49 @@ executors:
         cmd.contains("\"ranker=ranker.flow.svc.cluster.local:80\""),
         "{cmd}"
     );
+    assert!(!cmd.contains("--one-port"), "one protocol, one port: {cmd}");
+}
+
+#[test]
+fn a_gateway_with_several_protocols_serves_them_on_its_one_port() {
+    let port = |yaml: &str| {
+        let export = render(&load(yaml), "", &opts()).expect("renders");
+        let gw = export
+            .objects
+            .iter()
+            .find(|o| o["metadata"]["name"] == "gateway" && o["kind"] == "Service")
+            .unwrap()
+            .clone();
+        let c = &gw["spec"]["template"]["spec"]["containers"][0];
+        (
+            c["ports"][0]["name"].as_str().unwrap().to_string(),
+            c["command"].to_string().contains("\"--one-port\""),
+            export.warnings.iter().any(|w| w.contains("websocket")),
+        )
+    };
+    let exec = "executors:\n  - name: e\n";
+    assert_eq!(
+        port(&format!(
+            "jtype: Flow\nwith:\n  protocol: [http, grpc]\n{exec}"
+        )),
+        ("h2c".into(), true, false)
+    );
+    assert_eq!(
+        port(&format!(
+            "jtype: Flow\nwith:\n  protocol: [http, websocket]\n{exec}"
+        )),
+        ("http1".into(), true, false)
+    );
+    assert_eq!(
+        port(&format!("jtype: Flow\nwith:\n  protocol: http\n{exec}")),
+        ("http1".into(), false, false)
+    );
+    assert_eq!(
+        port(&format!(
+            "jtype: Flow\nwith:\n  protocol: [grpc, websocket]\n{exec}"
+        )),
+        ("h2c".into(), true, true)
+    );
 }
 
 #[test]

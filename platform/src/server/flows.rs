@@ -186,6 +186,17 @@ impl RunningFlow {
             .map_err(|e| FlowError::Gateway(format!("{e:#}")))
     }
 
+    /// Serves every gateway protocol on one listener in the foreground until `shutdown`.
+    pub async fn serve_one_port_until(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), FlowError> {
+        zeroflow_gateway::serve_one_port(self.gateway.clone(), listener, shutdown)
+            .await
+            .map_err(|e| FlowError::Gateway(format!("{e:#}")))
+    }
+
     /// Metrics text: the gateway's, then the activator's and the autoscaler's.
     pub fn metrics_text(&self) -> String {
         let mut out = self.gateway.metrics_text();
