@@ -146,6 +146,14 @@ impl Gateway {
 }
 
 /// Serves the gateway on each listener with its protocol until `shutdown` resolves.
+/// Small answers must not wait on Nagle's algorithm: TCP_NODELAY on every accepted socket.
+fn no_delay(listener: TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
+}
+
 /// Every protocol on one port: gRPC (told by its `application/grpc` content type), websocket
 /// upgrades, and the HTTP API, over HTTP/1.1 or HTTP/2. For platforms that route one port per
 /// service (a Knative Service has one), where Jina's one-port-per-protocol cannot work.
@@ -154,7 +162,6 @@ pub async fn serve_one_port(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
     use tower::ServiceExt;
     let grpc = grpc::routes(gw.clone()).await.prepare().into_axum_router();
     let web = ws::router(gw);
@@ -168,10 +175,7 @@ pub async fn serve_one_port(
             router.oneshot(req)
         },
     ));
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
+    axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(anyhow::Error::from)
@@ -215,12 +219,7 @@ pub async fn serve(
                     http::router(gw.clone())
                 };
                 tasks.push(tokio::spawn(async move {
-                    use axum::serve::ListenerExt;
-                    // Small JSON answers must not wait on Nagle's algorithm.
-                    let listener = listener.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    axum::serve(listener, app)
+                    axum::serve(no_delay(listener), app)
                         .with_graceful_shutdown(stop)
                         .await
                         .map_err(anyhow::Error::from)

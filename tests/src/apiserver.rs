@@ -178,6 +178,17 @@ impl ApiServer {
         self.dir.path()
     }
 
+    /// A server with Knative's Service CRD (`../shared/data/knative/service-crd.yaml`)
+    /// registered, and its `serving.knative.dev/v1` Service resource.
+    pub async fn with_knative_services() -> Result<(ApiServer, ApiResource)> {
+        let server = ApiServer::start().await?;
+        let crd = server
+            .register_crd(crate::workspace_root().join("../shared/data/knative/service-crd.yaml"))
+            .await?;
+        let ksvc = api_resource(&crd, "v1")?;
+        Ok((server, ksvc))
+    }
+
     /// Creates or updates the CustomResourceDefinition in the YAML file `yaml_path` (one
     /// document), and waits until it is `Established` and its resources are served.
     pub async fn register_crd(

@@ -5,14 +5,9 @@
 use std::process::Command;
 use zeroflow_tests::*;
 
-#[test]
-fn jina_client_against_rust_executors_grpc_http_and_websocket() {
-    let dir = temp_dir("rust-flow");
-    // `command:` is Zeroflow's extension for Executors that are not Python: here the Rust test
-    // Executor. exec2 has two replicas, so requests are balanced across them.
-    let served = serve_flow(
-        &dir,
-        r#"
+/// `command:` is Zeroflow's extension for Executors that are not Python: here the Rust test
+/// Executor. exec2 has two replicas, so requests are balanced across them.
+const RUST_FLOW: &str = r#"
 jtype: Flow
 with:
   protocol: [grpc, http, websocket]
@@ -22,8 +17,12 @@ executors:
   - name: exec2
     command: zeroflow-test-executor --append=-two --endpoints /custom
     replicas: 2
-"#,
-    );
+"#;
+
+#[test]
+fn jina_client_against_rust_executors_grpc_http_and_websocket() {
+    let dir = temp_dir("rust-flow");
+    let served = serve_flow(&dir, RUST_FLOW);
     let grpc = served.grpc.clone().expect("grpc endpoint printed");
     let http = served.http.clone().expect("http endpoint printed");
     assert_eq!(served.tree().len(), 6, "3 shims with one Executor each");
@@ -39,20 +38,7 @@ executors:
 #[test]
 fn grpc_http_and_websocket_on_one_port() {
     let dir = temp_dir("one-port");
-    let served = serve_flow_with(
-        &dir,
-        r#"
-jtype: Flow
-with:
-  protocol: [grpc, http, websocket]
-executors:
-  - name: exec1
-    command: zeroflow-test-executor --append=-one
-  - name: exec2
-    command: zeroflow-test-executor --append=-two --endpoints /custom
-"#,
-        &["--one-port"],
-    );
+    let served = serve_flow_with(&dir, RUST_FLOW, &["--one-port"]);
     let grpc = served.grpc.clone().expect("grpc endpoint printed");
     let http = served.http.clone().expect("http endpoint printed");
     let ws = served.ws.clone().expect("websocket endpoint printed");

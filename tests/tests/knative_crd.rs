@@ -4,8 +4,7 @@
 //! Needs `bash scripts/setup-kube-apiserver.sh` (scripts/test.sh runs it).
 
 use serde_json::json;
-use zeroflow_tests::apiserver::{ApiServer, api_resource};
-use zeroflow_tests::workspace_root;
+use zeroflow_tests::apiserver::ApiServer;
 
 /// A small Knative Service of the shape the platform renders.
 fn service(name: &str) -> serde_json::Value {
@@ -34,12 +33,9 @@ fn service(name: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knative_service_crd_validates_services() {
-    let server = ApiServer::start().await.expect("start the API server");
-    let crd = server
-        .register_crd(workspace_root().join("../shared/data/knative/service-crd.yaml"))
+    let (server, ksvc) = ApiServer::with_knative_services()
         .await
-        .expect("register Knative's Service CRD");
-    let ksvc = api_resource(&crd, "v1").expect("serving.knative.dev/v1");
+        .expect("an API server with Knative's Service CRD");
     assert_eq!(ksvc.api_version, "serving.knative.dev/v1");
     assert_eq!(ksvc.kind, "Service");
 

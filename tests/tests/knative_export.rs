@@ -250,13 +250,9 @@ executors:
 /// with strict field validation: no field the schema does not know, none of the wrong type.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_api_server_accepts_the_rendered_services() {
-    use zeroflow_tests::apiserver::{ApiServer, api_resource};
-    let server = ApiServer::start().await.expect("start the API server");
-    let crd = server
-        .register_crd(workspace_root().join("../shared/data/knative/service-crd.yaml"))
+    let (server, ksvc) = zeroflow_tests::apiserver::ApiServer::with_knative_services()
         .await
-        .expect("register Knative's Service CRD");
-    let ksvc = api_resource(&crd, "v1").expect("serving.knative.dev/v1");
+        .expect("an API server with Knative's Service CRD");
 
     let dir = temp_dir("export-apiserver");
     std::fs::create_dir_all(&dir).unwrap();
