@@ -41,6 +41,8 @@ pub struct Node {
     /// `when:`: only the documents it holds for are sent to this Executor.
     pub when: Option<Condition>,
     next_shard: AtomicUsize,
+    /// Set once endpoint discovery was started after a first answer (see `call_shards`).
+    discovery_started: std::sync::atomic::AtomicBool,
 }
 
 pub struct Graph {
@@ -131,6 +133,7 @@ impl Graph {
                         why,
                     })?,
                 next_shard: AtomicUsize::new(0),
+                discovery_started: std::sync::atomic::AtomicBool::new(false),
             });
         }
         // As in jina, the response comes from the last non-floating Executor as declared; other
@@ -334,7 +337,11 @@ impl Graph {
     ) -> Result<DataRequestProto, Status> {
         if node.shards.len() == 1 || node.polling == Polling::Any {
             let i = node.next_shard.fetch_add(1, Ordering::Relaxed) % node.shards.len();
-            return node.shards[i].process(req, opts).await;
+            let answer = node.shards[i].process(req, opts).await;
+            if answer.is_ok() {
+                discover_once_warm(node, &node.shards[i]);
+            }
+            return answer;
         }
         let calls = node.shards.iter().map(|s| s.process(req.clone(), opts));
         let results: Vec<Outcome> = join_all(calls)
@@ -344,6 +351,22 @@ impl Graph {
             .collect();
         merge_outcomes(results, false)
     }
+}
+
+/// Learns the endpoints of an Executor whose endpoints were not learnt at start (one that runs
+/// elsewhere, or was cold), in the background, right after its first answer: it is warm then, so
+/// asking wakes nothing. Until then every request is sent to it, which is what an Executor
+/// without the endpoint does anyway (it passes the request through).
+fn discover_once_warm(node: &Node, set: &Arc<ReplicaSet>) {
+    if set.endpoints().is_some() || node.discovery_started.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let set = set.clone();
+    tokio::spawn(async move {
+        if let Err(e) = set.discover().await {
+            tracing::debug!(executor = %set.executor(), error = %e.message(), "endpoint discovery failed");
+        }
+    });
 }
 
 struct Ctx {

@@ -123,14 +123,22 @@ impl Gateway {
         eps
     }
 
-    /// Asks each Executor for its endpoints (best effort: a cold or failing one keeps what it
-    /// reported before, or the default set).
-    pub async fn discover_endpoints(&self) {
-        for n in &self.graph.nodes {
-            if let Err(e) = n.shards[0].discover().await {
-                tracing::warn!(executor = %n.name, error = %e.message(), "endpoint discovery failed");
-            }
-        }
+    /// Asks each Executor but those in `later` for its endpoints, all at once (best effort: a
+    /// cold or failing one keeps what it reported before, or the default set). `later` ones
+    /// (Executors that run elsewhere, which asking would wake) are asked after their first
+    /// answer instead.
+    pub async fn discover_endpoints(&self, later: &[&str]) {
+        let asks = self
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| !later.contains(&n.name.as_str()))
+            .map(|n| async move {
+                if let Err(e) = n.shards[0].discover().await {
+                    tracing::warn!(executor = %n.name, error = %e.message(), "endpoint discovery failed");
+                }
+            });
+        futures::future::join_all(asks).await;
     }
 
     pub fn metrics_text(&self) -> String {
@@ -145,7 +153,6 @@ impl Gateway {
     }
 }
 
-/// Serves the gateway on each listener with its protocol until `shutdown` resolves.
 /// Small answers must not wait on Nagle's algorithm: TCP_NODELAY on every accepted socket.
 fn no_delay(listener: TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
     use axum::serve::ListenerExt;
@@ -181,6 +188,7 @@ pub async fn serve_one_port(
         .map_err(anyhow::Error::from)
 }
 
+/// Serves the gateway on each listener with its protocol until `shutdown` resolves.
 pub async fn serve(
     gw: Arc<Gateway>,
     listeners: Vec<(Protocol, TcpListener)>,

@@ -272,7 +272,13 @@ executors:
 fn external_executors_are_called_at_their_address() {
     let port = free_port();
     let mut backend = Command::new(bin("zeroflow-test-executor"))
-        .args(["--port", &port.to_string(), "--append=-one"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--append=-one",
+            "--endpoints",
+            "/ext",
+        ])
         .spawn()
         .expect("start the test Executor");
     wait_for(
@@ -299,7 +305,33 @@ fn external_executors_are_called_at_their_address() {
     );
     assert_eq!(served.tree().len(), 4, "2 shims for exec2, none for exec1");
     let grpc = served.grpc.clone().expect("grpc endpoint printed");
+    // Its endpoints are learnt after its first answer, not at start (asking would wake an
+    // Executor that scaled to zero elsewhere).
+    let gateway_endpoints = || {
+        use zeroflow_proto::jina::jina_discover_endpoints_rpc_client::JinaDiscoverEndpointsRpcClient;
+        let url = grpc.replace("grpc://", "http://");
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut c = JinaDiscoverEndpointsRpcClient::connect(url).await.unwrap();
+            c.endpoint_discovery(())
+                .await
+                .unwrap()
+                .into_inner()
+                .endpoints
+        })
+    };
+    let before = gateway_endpoints();
+    assert!(before.contains(&"/custom".to_string()), "{before:?}");
+    assert!(!before.contains(&"/ext".to_string()), "{before:?}");
     run_python("check_client.py", &["rust_flow_grpc", "--grpc", &grpc]);
+    wait_for(
+        "the external Executor's endpoints",
+        std::time::Duration::from_secs(60),
+        || {
+            gateway_endpoints()
+                .contains(&"/ext".to_string())
+                .then_some(())
+        },
+    );
     served.stop();
 
     // The same Executor given on the command line instead, for a Flow that would run it.

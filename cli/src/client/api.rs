@@ -130,16 +130,24 @@ impl Api {
     /// Needs a token: every control-plane route is authenticated.
     pub fn from_env() -> Result<Api> {
         let token = token()?;
-        Ok(Api::new(base_url(), token))
+        Api::new(base_url(), token)
     }
 
-    pub fn new(base: String, token: String) -> Api {
+    pub fn new(base: String, token: String) -> Result<Api> {
+        // The settings are fixed, but building loads the system's CA certificates, which a
+        // minimal container image may not have.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("zeroflow-jc/", env!("CARGO_PKG_VERSION")))
             .build()
-            .expect("the HTTP client builds with static settings");
-        Api { base, token, http }
+            .map_err(|e| {
+                let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
+                Fail::Unreachable(format!(
+                    "cannot make an HTTP client ({e}{why}); on a machine without CA certificates, \
+                     install them (Debian: ca-certificates)"
+                ))
+            })?;
+        Ok(Api { base, token, http })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -360,7 +368,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let api = Api::new(format!("http://127.0.0.1:{port}/"), "t".into());
+        let api = Api::new(format!("http://127.0.0.1:{port}/"), "t".into()).unwrap();
         let e = api.get("flows", "").await.unwrap_err();
         assert_eq!(e.code(), 69);
         assert!(e.to_string().contains("start one with `jc server`"), "{e}");

@@ -146,7 +146,14 @@ impl RunningFlow {
             .wait_settled(self.opts.startup_timeout)
             .await
             .map_err(FlowError::NotReady)?;
-        self.gateway.discover_endpoints().await;
+        let external: Vec<&str> = self
+            .flow
+            .executors
+            .iter()
+            .filter(|e| e.external.is_some())
+            .map(|e| e.name.as_str())
+            .collect();
+        self.gateway.discover_endpoints(&external).await;
         Ok(())
     }
 
