@@ -106,6 +106,15 @@ fn labels(flow_name: &str, component: &str, own: &BTreeMap<String, String>) -> V
     Value::Object(m)
 }
 
+/// As on JCloud, only what says `expose` (the gateway by default, an Executor with
+/// `jcloud.expose: true`) gets a public route; the rest is reachable inside the cluster only.
+fn visibility(mut labels: Value, expose: bool) -> Value {
+    if !expose {
+        labels["networking.knative.dev/visibility"] = json!("cluster-local");
+    }
+    labels
+}
+
 /// `jcloud.autoscale` as Knative's annotations on the Revision template.
 fn autoscale_annotations(e: &Executor) -> Value {
     let a = &e.jcloud.autoscale;
@@ -330,6 +339,7 @@ fn executor_service(
     let mut labels_own = flow.jcloud.labels.clone();
     labels_own.extend(e.jcloud.labels.clone());
     let lbl = labels(flow_name, name, &labels_own);
+    let svc_labels = visibility(lbl.clone(), e.jcloud.expose);
     let revision_timeout = e.jcloud.autoscale.revision_timeout.as_secs();
     if revision_timeout > 600 {
         warnings.push(format!(
@@ -341,7 +351,7 @@ fn executor_service(
     let svc = json!({
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
-        "metadata": { "name": name, "namespace": namespace, "labels": lbl },
+        "metadata": { "name": name, "namespace": namespace, "labels": svc_labels },
         "spec": {
             "template": {
                 "metadata": { "labels": lbl, "annotations": autoscale_annotations(e) },
@@ -405,10 +415,11 @@ fn gateway_service(ctx: &Ctx, addresses: &[(String, String)], warnings: &mut Vec
     }
     let port_name = if grpc { "h2c" } else { "http1" };
     let lbl = labels(flow_name, "gateway", &flow.gateway.labels);
+    let svc_labels = visibility(lbl.clone(), flow.gateway.expose);
     json!({
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
-        "metadata": { "name": "gateway", "namespace": namespace, "labels": lbl },
+        "metadata": { "name": "gateway", "namespace": namespace, "labels": svc_labels },
         "spec": {
             "template": {
                 "metadata": {

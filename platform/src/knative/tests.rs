@@ -143,6 +143,7 @@ executors:
     jcloud:
       autoscale: {min: 1, max: 3, metric: cpu, target: 70}
       resources: {instance: C3}
+      expose: true
   - name: fixed
     replicas: 3
 "#,
@@ -205,6 +206,13 @@ executors:
     assert_eq!(r["limits"]["cpu"], json!(cpu), "{r}");
     let mem = format!("{}Mi", (c3.memory_gib * 1024.0).round());
     assert_eq!(r["limits"]["memory"], json!(mem), "{r}");
+
+    // Executors are reachable inside the cluster only, unless they say `expose`; the gateway is
+    // public.
+    let vis = |o: &Value| o["metadata"]["labels"]["networking.knative.dev/visibility"].clone();
+    assert_eq!(vis(&enc), json!("cluster-local"));
+    assert_eq!(vis(&svc("gateway")), Value::Null);
+    assert_eq!(vis(&svc("ranker")), Value::Null, "ranker says expose");
 
     let fixed = svc("fixed");
     let a = &fixed["spec"]["template"]["metadata"]["annotations"];
