@@ -253,6 +253,15 @@ impl ReplicaSet {
         self.endpoints.read().clone()
     }
 
+    /// Whether the replicas reported an endpoint `pred` holds for; None if they reported none.
+    /// (Per request: no copy of the list.)
+    pub fn any_endpoint(&self, pred: impl Fn(&str) -> bool) -> Option<bool> {
+        self.endpoints
+            .read()
+            .as_ref()
+            .map(|eps| eps.iter().any(|e| pred(e)))
+    }
+
     pub fn set_endpoints(&self, endpoints: Vec<String>) {
         *self.endpoints.write() = Some(endpoints);
     }

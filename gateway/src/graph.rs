@@ -321,12 +321,9 @@ impl Graph {
         }
         // An Executor that reported its endpoints and has neither this one nor a default
         // handler would pass the request through unchanged; skipping it saves the hop.
-        match node.shards[0].endpoints() {
-            Some(eps) => eps
-                .iter()
-                .any(|e| *e == ctx.endpoint || e == zeroflow_proto::DEFAULT_ENDPOINT),
-            None => true,
-        }
+        node.shards[0]
+            .any_endpoint(|e| e == ctx.endpoint || e == zeroflow_proto::DEFAULT_ENDPOINT)
+            .unwrap_or(true)
     }
 
     async fn call_shards(
@@ -358,7 +355,13 @@ impl Graph {
 /// asking wakes nothing. Until then every request is sent to it, which is what an Executor
 /// without the endpoint does anyway (it passes the request through).
 fn discover_once_warm(node: &Node, set: &Arc<ReplicaSet>) {
-    if set.endpoints().is_some() || node.discovery_started.swap(true, Ordering::Relaxed) {
+    // One relaxed load per call once settled.
+    if node.discovery_started.load(Ordering::Relaxed) {
+        return;
+    }
+    if set.any_endpoint(|_| true).is_some() || node.discovery_started.swap(true, Ordering::Relaxed)
+    {
+        node.discovery_started.store(true, Ordering::Relaxed);
         return;
     }
     let set = set.clone();
