@@ -43,8 +43,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
     /// Call this Executor at HOST:PORT instead of running it here, as if the Flow said
-    /// `external: true` (repeatable). `jc flow export --target knative` runs the gateway so.
-    #[arg(long = "executor-address", value_name = "NAME=HOST:PORT")]
+    /// `external: true` (repeatable); a sharded one takes one address per shard, comma
+    /// separated. `jc flow export --target knative` runs the gateway so.
+    #[arg(
+        long = "executor-address",
+        value_name = "NAME=HOST:PORT[,HOST:PORT...]"
+    )]
     pub executor_address: Vec<String>,
     /// Serve every protocol of the gateway on one port (the first of --port, else the Flow's
     /// first): gRPC by its content type, websocket upgrades, and HTTP. For platforms that route
@@ -59,38 +63,54 @@ enum Bound {
     One(tokio::net::TcpListener),
 }
 
-/// Applies `--executor-address NAME=HOST:PORT` to the Flow's Executors.
+/// Applies `--executor-address NAME=HOST:PORT[,HOST:PORT...]` (one address per shard, or one
+/// for all) to the Flow's Executors.
 fn apply_addresses(flow: &mut zeroflow_spec::Flow, pairs: &[String]) -> Result<(), String> {
     for pair in pairs {
-        let (name, addr) = pair
+        let bad = |why: String| format!("--executor-address {pair:?}: {why}");
+        let (name, addrs) = pair
             .split_once('=')
-            .ok_or_else(|| format!("--executor-address {pair:?}: expected NAME=HOST:PORT"))?;
-        let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
-            format!("--executor-address {pair:?}: expected NAME=HOST:PORT, the port is missing")
-        })?;
-        let port: u16 = port.parse().map_err(|_| {
-            format!(
-                "--executor-address {pair:?}: the port {port:?} is not a number from 1 to 65535"
-            )
-        })?;
+            .ok_or_else(|| bad("expected NAME=HOST:PORT".into()))?;
+        let mut parsed = vec![];
+        for addr in addrs.split(',') {
+            let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
+                bad(format!(
+                    "expected HOST:PORT, the port is missing in {addr:?}"
+                ))
+            })?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| bad(format!("the port {port:?} is not a number from 1 to 65535")))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(bad(format!("the host is missing in {addr:?}")));
+            }
+            parsed.push((host.to_string(), port));
+        }
         let known: Vec<String> = flow.executors.iter().map(|e| e.name.clone()).collect();
         let exec = flow
             .executors
             .iter_mut()
             .find(|e| e.name == name)
             .ok_or_else(|| {
-                format!(
-                    "--executor-address {pair:?}: the Flow has no Executor {name:?} (it has: {})",
+                bad(format!(
+                    "the Flow has no Executor {name:?} (it has: {})",
                     known.join(", ")
-                )
+                ))
             })?;
+        if parsed.len() > 1 && parsed.len() != exec.shards as usize {
+            return Err(bad(format!(
+                "{} addresses for {} shard(s): give one address, or one per shard",
+                parsed.len(),
+                exec.shards
+            )));
+        }
+        let (host, port) = parsed[0].clone();
         exec.external = Some(zeroflow_spec::ExternalAddress {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host,
             port,
             tls: false,
+            shards: if parsed.len() > 1 { parsed } else { vec![] },
         });
     }
     Ok(())
@@ -191,7 +211,8 @@ pub async fn serve(args: ServeArgs) -> i32 {
             }
         }
     } else {
-        match flows::bind_listeners(&flow, &args.host, &args.port, true).await {
+        // A port in use is the user's to free: say so at once.
+        match flows::bind_listeners(&flow, &args.host, &args.port, true, Duration::ZERO).await {
             Ok(l) => Bound::Each(l),
             Err(e) => {
                 eprintln!("error: {e}");

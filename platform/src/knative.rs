@@ -484,17 +484,20 @@ pub fn render(flow: &Flow, flow_yaml: &str, opts: &KnativeOptions) -> Result<Exp
             addresses.push((e.name.clone(), format!("{}:{}", a.host, a.port)));
             continue;
         }
-        if e.shards > 1 {
-            errors.push(format!(
-                "Executor {}: shards: {} cannot be exported yet: a Knative Service is one \
-                 replicated Executor, and the gateway would need one address per shard (use \
-                 replicas, or one Executor per shard)",
-                e.name, e.shards
-            ));
-            continue;
-        }
-        let name = dns_label(&e.name, SERVICE_NAME_MAX);
-        if let Some(other) = taken.insert(name.clone(), format!("Executor {}", e.name)) {
+        // One Service per shard (`name-0`, `name-1`, ... each with its own storage); the
+        // gateway gets one address per shard and polls them as the Flow says.
+        let names: Vec<String> = if e.shards > 1 {
+            let base = dns_label(&e.name, SERVICE_NAME_MAX - 4);
+            (0..e.shards).map(|i| format!("{base}-{i}")).collect()
+        } else {
+            vec![dns_label(&e.name, SERVICE_NAME_MAX)]
+        };
+        let clash = names.iter().find_map(|name| {
+            taken
+                .insert(name.clone(), format!("Executor {}", e.name))
+                .map(|other| (name.clone(), other))
+        });
+        if let Some((name, other)) = clash {
             errors.push(format!(
                 "Executor {}: its Service name {name:?} is also the name of {other}; rename one",
                 e.name
@@ -503,14 +506,16 @@ pub fn render(flow: &Flow, flow_yaml: &str, opts: &KnativeOptions) -> Result<Exp
         }
         match executor_process(e, opts, &mut config_files) {
             Ok(process) => {
-                let (svc, pvc) = executor_service(&ctx, &name, e, process, &mut warnings);
-                services.push(svc);
-                pvcs.extend(pvc);
-                // Knative's cluster-local address: port 80 routes to the h2c port.
-                addresses.push((
-                    e.name.clone(),
-                    format!("{name}.{namespace}.svc.cluster.local:80"),
-                ));
+                let mut at = vec![];
+                for name in &names {
+                    let (svc, pvc) =
+                        executor_service(&ctx, name, e, process.clone(), &mut warnings);
+                    services.push(svc);
+                    pvcs.extend(pvc);
+                    // Knative's cluster-local address: port 80 routes to the h2c port.
+                    at.push(format!("{name}.{namespace}.svc.cluster.local:80"));
+                }
+                addresses.push((e.name.clone(), at.join(",")));
             }
             Err(why) => errors.push(why),
         }

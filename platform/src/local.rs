@@ -172,14 +172,26 @@ fn add_external(
                 .into(),
         ));
     }
-    let host = if addr.host.contains(':') && !addr.host.starts_with('[') {
-        format!("[{}]", addr.host)
-    } else {
-        addr.host.clone()
+    let hostport = |host: &str, port: u16| {
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
     };
-    let hostport = format!("{host}:{}", addr.port);
+    if !addr.shards.is_empty() && addr.shards.len() != sets.len() {
+        return Err(unsupported(format!(
+            "{} shard addresses were given for {} shards; give one per shard",
+            addr.shards.len(),
+            sets.len()
+        )));
+    }
     for (i, set) in sets.iter().enumerate() {
-        set.add_replica(&format!("{}-external-{i}", exec.name), &hostport)
+        let at = match addr.shards.get(i) {
+            Some((host, port)) => hostport(host, *port),
+            None => hostport(&addr.host, addr.port),
+        };
+        set.add_replica(&format!("{}-external-{i}", exec.name), &at)
             .map_err(|e| unsupported(e.message().to_string()))?;
     }
     Ok(())

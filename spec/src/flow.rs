@@ -750,7 +750,12 @@ fn executor(
             }
         }
         match (host, port) {
-            (Some(host), Some(port)) => Some(ExternalAddress { host, port, tls }),
+            (Some(host), Some(port)) => Some(ExternalAddress {
+                host,
+                port,
+                tls,
+                shards: vec![],
+            }),
             (h, p) => {
                 let missing: Vec<&str> =
                     [h.is_none().then_some("host"), p.is_none().then_some("port")]

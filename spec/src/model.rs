@@ -130,6 +130,10 @@ pub struct ExternalAddress {
     pub host: String,
     pub port: u16,
     pub tls: bool,
+    /// One `(host, port)` per shard, when each shard runs at its own address (Zeroflow's
+    /// `jc flow serve --executor-address NAME=A,B`); empty: every shard is at `host:port`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<(String, u16)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -194,6 +194,28 @@ impl Served {
     }
 }
 
+/// Processes a test started itself; every one is killed with its children when this is
+/// dropped, however the test ends (a panic included), so none outlives it.
+#[derive(Default)]
+pub struct Reaper(pub Vec<Child>);
+
+impl Reaper {
+    /// Keeps `child` to kill at the end; returns its pid.
+    pub fn keep(&mut self, child: Child) -> u32 {
+        let pid = child.id();
+        self.0.push(child);
+        pid
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            kill_tree(c);
+        }
+    }
+}
+
 /// Kills a still-running child and every process below it (for Drop guards: a failing test
 /// must not leave processes behind).
 pub fn kill_tree(child: &mut Child) {
@@ -350,6 +372,55 @@ pub mod load {
             parameters: Some(prost_types::Struct { fields }),
             ..Default::default()
         }
+    }
+
+    /// A request of documents with these texts (ids `doc-0`, `doc-1`, ...: docarray gives every
+    /// document one, and branches and shards are merged by it).
+    pub fn text_request(id: &str, texts: &[&str]) -> DataRequestProto {
+        use prost::Message;
+        use zeroflow_proto::docarray::{DocListProto, DocProto, NodeProto, node_proto::Content};
+        let text = |t: &str| NodeProto {
+            content: Some(Content::Text(t.to_string())),
+            docarray_type: None,
+        };
+        let docs = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut doc = DocProto::default();
+                doc.data.insert("id".into(), text(&format!("doc-{i}")));
+                doc.data.insert("text".into(), text(t));
+                doc
+            })
+            .collect();
+        let data = zeroflow_proto::jina::DataContentProto {
+            documents: Some(zeroflow_proto::jina::data_content_proto::Documents::Docs(
+                DocListProto { docs },
+            )),
+        };
+        let mut r = request(id, 0.0);
+        r.data = data.encode_to_vec().into();
+        r
+    }
+
+    /// The `text` of each document of an answer, in order.
+    pub fn doc_texts(resp: &DataRequestProto) -> Vec<String> {
+        use prost::Message;
+        use zeroflow_proto::docarray::node_proto::Content;
+        use zeroflow_proto::jina::data_content_proto::Documents;
+        let Ok(data) = zeroflow_proto::jina::DataContentProto::decode(&resp.data[..]) else {
+            return vec![];
+        };
+        let Some(Documents::Docs(list)) = data.documents else {
+            return vec![];
+        };
+        list.docs
+            .iter()
+            .filter_map(|d| match d.data.get("text")?.content.as_ref()? {
+                Content::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub async fn client(url: &str) -> JinaSingleDataRequestRpcClient<tonic::transport::Channel> {

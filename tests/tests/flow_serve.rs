@@ -176,32 +176,7 @@ fn an_executor_that_keeps_crashing_while_serving_stops_the_flow() {
 }
 
 fn big_request(bytes: usize) -> zeroflow_proto::jina::DataRequestProto {
-    use prost::Message;
-    use zeroflow_proto::docarray::{DocListProto, DocProto, NodeProto, node_proto::Content};
-    let mut doc = DocProto::default();
-    // docarray gives every document an id; branches and shards are merged by it.
-    doc.data.insert(
-        "id".into(),
-        NodeProto {
-            content: Some(Content::Text("doc-1".into())),
-            docarray_type: None,
-        },
-    );
-    doc.data.insert(
-        "text".into(),
-        NodeProto {
-            content: Some(Content::Text("x".repeat(bytes))),
-            docarray_type: None,
-        },
-    );
-    let data = zeroflow_proto::jina::DataContentProto {
-        documents: Some(zeroflow_proto::jina::data_content_proto::Documents::Docs(
-            DocListProto { docs: vec![doc] },
-        )),
-    };
-    let mut r = load::request("big", 0.0);
-    r.data = data.encode_to_vec().into();
-    r
+    load::text_request("big", &["x".repeat(bytes).as_str()])
 }
 
 #[test]
@@ -271,16 +246,19 @@ executors:
 #[test]
 fn external_executors_are_called_at_their_address() {
     let port = free_port();
-    let mut backend = Command::new(bin("zeroflow-test-executor"))
-        .args([
-            "--port",
-            &port.to_string(),
-            "--append=-one",
-            "--endpoints",
-            "/ext",
-        ])
-        .spawn()
-        .expect("start the test Executor");
+    let mut procs = Reaper::default();
+    procs.keep(
+        Command::new(bin("zeroflow-test-executor"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--append=-one",
+                "--endpoints",
+                "/ext",
+            ])
+            .spawn()
+            .expect("start the test Executor"),
+    );
     wait_for(
         "the external Executor to listen",
         std::time::Duration::from_secs(60),
@@ -349,6 +327,68 @@ fn external_executors_are_called_at_their_address() {
     run_python("check_client.py", &["rust_flow_grpc", "--grpc", &grpc]);
     served.stop();
 
+    // A sharded Executor elsewhere: one address per shard, each shard called at its own.
+    let shard_port = free_port();
+    procs.keep(
+        Command::new(bin("zeroflow-test-executor"))
+            .args(["--port", &shard_port.to_string(), "--append=-shard1"])
+            .spawn()
+            .expect("start the second shard"),
+    );
+    wait_for(
+        "the second shard to listen",
+        std::time::Duration::from_secs(60),
+        || std::net::TcpStream::connect(("127.0.0.1", shard_port)).ok(),
+    );
+    let shards_dir = temp_dir("executor-address-shards");
+    let served = serve_flow_with(
+        &shards_dir,
+        "jtype: Flow\nexecutors:\n  - name: sharded\n    shards: 2\n    polling: ANY\n    command: zeroflow-test-executor\n",
+        &[
+            "--executor-address",
+            &format!("sharded=127.0.0.1:{port},127.0.0.1:{shard_port}"),
+        ],
+    );
+    assert!(
+        served.tree().is_empty(),
+        "nothing started: {:?}",
+        served.tree()
+    );
+    let grpc = served.grpc.clone().expect("grpc endpoint printed");
+    let answered: std::collections::BTreeSet<String> =
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut c = load::client(&grpc).await;
+            let mut seen = std::collections::BTreeSet::new();
+            for i in 0..4 {
+                let req = load::text_request(&format!("r{i}"), &["d"]);
+                let resp = c
+                    .process_single_data(req)
+                    .await
+                    .expect("answered")
+                    .into_inner();
+                seen.extend(load::doc_texts(&resp));
+            }
+            seen
+        });
+    assert_eq!(
+        answered,
+        ["d-one".to_string(), "d-shard1".to_string()].into(),
+        "ANY polling alternates the two shards' addresses"
+    );
+    served.stop();
+    let out = Command::new(bin("jc"))
+        .args(["flow", "serve"])
+        .arg(shards_dir.join("flow.yml"))
+        .args([
+            "--executor-address",
+            "sharded=127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
+        ])
+        .output()
+        .expect("run jc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("3 addresses for 2 shard(s)"), "{stderr}");
+
     // A name the Flow does not have is refused before anything starts, naming what it has.
     let out = Command::new(bin("jc"))
         .args(["flow", "serve"])
@@ -362,5 +402,4 @@ fn external_executors_are_called_at_their_address() {
         stderr.contains("the Flow has no Executor \"nope\" (it has: exec1, exec2)"),
         "{stderr}"
     );
-    kill_tree(&mut backend);
 }

@@ -5,7 +5,7 @@
 //! with each Service's address played by a loopback port.
 
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use zeroflow_tests::*;
 
@@ -70,17 +70,6 @@ fn what_cannot_be_exported_is_refused_naming_the_executor() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected EXECUTOR=IMAGE"));
 }
 
-/// Kills every started process, however the test ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            kill_tree(c);
-        }
-    }
-}
-
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .expect("array")
@@ -107,6 +96,7 @@ executors:
       autoscale: {min: 0, max: 3}
   - name: exec2
     command: zeroflow-test-executor --append=-two --endpoints /custom
+    shards: 2
 "#,
     )
     .unwrap();
@@ -136,7 +126,7 @@ executors:
 
     // Each Executor's container command, with the shim the init container would have copied
     // in, on a port of its own (each Service has its own 8080 in the cluster).
-    let mut procs = Procs(vec![]);
+    let mut procs = Reaper::default();
     let mut addresses = std::collections::BTreeMap::new();
     for svc in objects
         .iter()
@@ -189,7 +179,7 @@ executors:
         );
         addresses.insert(host, format!("127.0.0.1:{port}"));
     }
-    assert_eq!(addresses.len(), 2);
+    assert_eq!(addresses.len(), 3, "exec1, and exec2's two shards");
 
     // The gateway's command, reading the Flow from the ConfigMap's folder.
     let gw = objects
@@ -206,10 +196,11 @@ executors:
             *a = "127.0.0.1".into();
         } else if a == "8080" {
             *a = gw_port.to_string();
-        } else if let Some((name, host)) = a.split_once('=')
-            && let Some(local) = addresses.get(host)
+        } else if let Some((name, hosts)) = a.split_once('=')
+            && hosts.split(',').all(|h| addresses.contains_key(h))
         {
-            *a = format!("{name}={local}");
+            let local: Vec<&str> = hosts.split(',').map(|h| addresses[h].as_str()).collect();
+            *a = format!("{name}={}", local.join(","));
         }
     }
     let gateway = Command::new(&cmd[0])

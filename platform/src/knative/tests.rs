@@ -123,11 +123,10 @@ fn every_golden_flow_renders_services_that_knatives_schema_accepts() {
             Err(e) => refused.push((path.file_name().unwrap().to_owned(), e.to_string())),
         }
     }
-    assert!(rendered >= 25, "rendered {rendered}, refused {refused:#?}");
-    // What is refused is refused for shards, with the reason.
-    for (file, why) in &refused {
-        assert!(why.contains("shards:"), "{file:?}: {why}");
-    }
+    assert!(
+        refused.is_empty() && rendered >= 25,
+        "rendered {rendered}, refused {refused:#?}"
+    );
 }
 
 #[test]
@@ -286,27 +285,64 @@ executors:
     py_modules: [executor.py]
   - name: hub
     uses: jinaai+docker://team/Encoder
-  - name: sharded
-    shards: 2
   - name: my_exec
   - name: My_Exec
 "#,
     );
     let err = render(&flow, "", &opts()).unwrap_err().0;
-    assert_eq!(err.len(), 4, "{err:#?}");
+    assert_eq!(err.len(), 3, "{err:#?}");
     assert!(err[0].contains("Executor mine: `uses: MyExecutor` is a class from your py_modules, which must be in an image: pass --image mine=IMAGE"), "{}", err[0]);
     assert!(
         err[1].contains("Executor hub: `uses: jinaai+docker://team/Encoder`"),
         "{}",
         err[1]
     );
-    assert!(err[2].contains("Executor sharded: shards: 2"), "{}", err[2]);
     assert!(
-        err[3].contains(
+        err[2].contains(
             "Executor My_Exec: its Service name \"my-exec\" is also the name of Executor my_exec"
         ),
         "{}",
-        err[3]
+        err[2]
+    );
+}
+
+#[test]
+fn a_sharded_executor_is_one_service_per_shard_and_the_gateway_polls_them() {
+    let flow = load(
+        r#"
+jtype: Flow
+executors:
+  - name: indexer
+    shards: 3
+    polling: ALL
+    jcloud:
+      resources: {storage: {kind: efs}}
+"#,
+    );
+    let export = render(&flow, "", &opts()).expect("renders");
+    check_services(&export.objects, &service_schema());
+    let names = |kind: &str| -> Vec<String> {
+        export
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == kind)
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names("Service"),
+        ["indexer-0", "indexer-1", "indexer-2", "gateway"]
+    );
+    assert_eq!(
+        names("PersistentVolumeClaim"),
+        ["indexer-0-data", "indexer-1-data", "indexer-2-data"],
+        "each shard keeps its own data"
+    );
+    let gw = export.objects.last().unwrap();
+    let cmd = gw["spec"]["template"]["spec"]["containers"][0]["command"].to_string();
+    assert!(
+        cmd.contains("\"indexer=indexer-0.flow.svc.cluster.local:80,indexer-1.flow.svc.cluster.local:80,indexer-2.flow.svc.cluster.local:80\""),
+        "{cmd}"
     );
 }
 

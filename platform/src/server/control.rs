@@ -19,6 +19,8 @@ use zeroflow_spec::{Flow, Source};
 
 /// Lines of lifecycle events kept per Flow (served as the gateway's log).
 const EVENT_LINES: usize = 500;
+/// How long a Flow coming back on its recorded ports waits for one that is held.
+const PORT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A Flow spec that cannot be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -303,7 +305,7 @@ impl Controller {
         let id = names::new_id();
         // Bound now so the ports are known (and kept) before the answer; the same sockets are
         // then handed to the gateway.
-        let listeners = bind_listeners(&flow, &self.cfg.host, &[], false).await?;
+        let listeners = bind_listeners(&flow, &self.cfg.host, &[], false, Duration::ZERO).await?;
         if let Some(s) = &staged {
             self.store_project(user, &id, s).await?;
         }
@@ -736,7 +738,8 @@ impl Controller {
         let listeners = match listeners {
             Some(l) => l,
             None => {
-                let l = bind_listeners(&flow, &self.cfg.host, &rec.ports, false)
+                // The recorded ports are the Flow's endpoints: worth waiting for.
+                let l = bind_listeners(&flow, &self.cfg.host, &rec.ports, false, PORT_PATIENCE)
                     .await
                     .map_err(|e| e.to_string())?;
                 let ports: Vec<u16> = l

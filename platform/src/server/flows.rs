@@ -67,13 +67,18 @@ pub fn scheme(p: Protocol) -> &'static str {
 }
 
 /// Binds one listener per gateway protocol of `flow`. `ports[i]` (when given and non-zero) is
-/// used for listener `i`, else the Flow's `with.port`, else any free port.
+/// used for listener `i`, else the Flow's `with.port`, else any free port. A given port that is
+/// in use is tried again until `patience` has passed: a Flow coming back on its recorded port
+/// after a restart may find it held for a moment (the old process still exiting, or an outgoing
+/// connection that the kernel gave that number as its local port).
 pub async fn bind_listeners(
     flow: &Flow,
     host: &str,
     ports: &[u16],
     use_flow_ports: bool,
+    patience: Duration,
 ) -> Result<Vec<(Protocol, TcpListener)>, FlowError> {
+    let deadline = tokio::time::Instant::now() + patience;
     let mut out = vec![];
     for (i, l) in flow.gateway.listeners.iter().enumerate() {
         let port = ports
@@ -82,13 +87,28 @@ pub async fn bind_listeners(
             .filter(|p| *p != 0)
             .or(if use_flow_ports { l.port } else { None })
             .unwrap_or(0);
-        let sock = TcpListener::bind((host, port))
-            .await
-            .map_err(|e| FlowError::Bind {
-                addr: format!("{host}:{port}"),
-                protocol: protocol_name(l.protocol).into(),
-                message: e.to_string(),
-            })?;
+        let mut backoff = Duration::from_millis(50);
+        let sock = loop {
+            match TcpListener::bind((host, port)).await {
+                Ok(s) => break s,
+                Err(e)
+                    if port != 0
+                        && e.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    tracing::info!(port, "the gateway's port is in use; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(FlowError::Bind {
+                        addr: format!("{host}:{port}"),
+                        protocol: protocol_name(l.protocol).into(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        };
         out.push((l.protocol, sock));
     }
     Ok(out)
