@@ -240,30 +240,32 @@ executors:
     served.stop();
 }
 
+/// Starts a Rust test Executor with `args` on a free port, as one that runs elsewhere, and
+/// returns the port once it listens.
+fn executor_elsewhere(procs: &mut Reaper, args: &[&str]) -> u16 {
+    let port = free_port();
+    procs.keep(
+        Command::new(bin("zeroflow-test-executor"))
+            .args(["--port", &port.to_string()])
+            .args(args)
+            .spawn()
+            .expect("start the test Executor"),
+    );
+    wait_for(
+        "the test Executor to listen",
+        std::time::Duration::from_secs(60),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
+    port
+}
+
 /// An Executor Zeroflow does not run: `external: true` in the YAML, or `--executor-address` on
 /// the command line (how a gateway exported to Knative reaches the Executors' Services). The
 /// gateway calls it at its address; only the other Executors get shims.
 #[test]
 fn external_executors_are_called_at_their_address() {
-    let port = free_port();
     let mut procs = Reaper::default();
-    procs.keep(
-        Command::new(bin("zeroflow-test-executor"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--append=-one",
-                "--endpoints",
-                "/ext",
-            ])
-            .spawn()
-            .expect("start the test Executor"),
-    );
-    wait_for(
-        "the external Executor to listen",
-        std::time::Duration::from_secs(60),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
-    );
+    let port = executor_elsewhere(&mut procs, &["--append=-one", "--endpoints", "/ext"]);
     let local_exec2 = r#"
   - name: exec2
     command: zeroflow-test-executor --append=-two --endpoints /custom
@@ -328,18 +330,7 @@ fn external_executors_are_called_at_their_address() {
     served.stop();
 
     // A sharded Executor elsewhere: one address per shard, each shard called at its own.
-    let shard_port = free_port();
-    procs.keep(
-        Command::new(bin("zeroflow-test-executor"))
-            .args(["--port", &shard_port.to_string(), "--append=-shard1"])
-            .spawn()
-            .expect("start the second shard"),
-    );
-    wait_for(
-        "the second shard to listen",
-        std::time::Duration::from_secs(60),
-        || std::net::TcpStream::connect(("127.0.0.1", shard_port)).ok(),
-    );
+    let shard_port = executor_elsewhere(&mut procs, &["--append=-shard1"]);
     let shards_dir = temp_dir("executor-address-shards");
     let served = serve_flow_with(
         &shards_dir,
