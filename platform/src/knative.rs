@@ -173,10 +173,21 @@ fn resources(r: &zeroflow_spec::Resources) -> Value {
     json!({ "requests": requests, "limits": limits })
 }
 
-fn env_list(flow: &Flow, e: &Executor) -> Vec<Value> {
+fn env_list(flow: &Flow, e: &Executor, shard: u32) -> Vec<Value> {
     let mut env: BTreeMap<&str, Value> = BTreeMap::new();
     for (k, v) in flow.env.iter().chain(&e.env) {
         env.insert(k, json!({ "name": k, "value": v }));
+    }
+    if e.shards > 1 {
+        // As locally: which shard this Service is, for programs that are not `jina executor`.
+        env.insert(
+            "ZEROFLOW_SHARD_ID",
+            json!({ "name": "ZEROFLOW_SHARD_ID", "value": shard.to_string() }),
+        );
+        env.insert(
+            "ZEROFLOW_SHARDS",
+            json!({ "name": "ZEROFLOW_SHARDS", "value": e.shards.to_string() }),
+        );
     }
     for (k, s) in &e.env_from_secret {
         env.insert(
@@ -187,9 +198,11 @@ fn env_list(flow: &Flow, e: &Executor) -> Vec<Value> {
     env.into_values().collect()
 }
 
-/// The Executor's own command inside its image, before the shim wraps it, and the image.
+/// The Executor's own command inside its image (for shard `shard`), before the shim wraps it,
+/// and the image.
 fn executor_process(
     e: &Executor,
+    shard: u32,
     opts: &KnativeOptions,
     config_files: &mut BTreeMap<String, String>,
 ) -> Result<(String, Vec<String>), String> {
@@ -204,7 +217,20 @@ fn executor_process(
         let image = image.ok_or_else(|| need_image("`command:` runs a program of yours"))?;
         return Ok((image, cmd.clone()));
     }
-    let args = |uses: String| crate::local::jina_executor_args(e, "jina", uses, |p| p.to_string());
+    // With storage, the workspace is on it (at DATA_DIR), so what the Executor keeps there
+    // outlives its pods; a relative `workspace` goes under it.
+    let workspace = match (&e.workspace, &e.jcloud.resources.storage) {
+        (Some(w), Some(_)) if !w.starts_with('/') => Some(format!("{DATA_DIR}/{w}")),
+        (None, Some(_)) => Some(DATA_DIR.to_string()),
+        (w, _) => w.clone(),
+    };
+    let e = &Executor {
+        workspace,
+        ..e.clone()
+    };
+    let args = |uses: String| {
+        crate::local::jina_executor_args(e, "jina", uses, shard, |p: &str| p.to_string())
+    };
     match &e.uses {
         Uses::PassThrough => Ok((
             image.unwrap_or_else(|| opts.jina_image.clone()),
@@ -260,6 +286,7 @@ fn executor_service(
     ctx: &Ctx,
     name: &str,
     e: &Executor,
+    shard: u32,
     (image, command): (String, Vec<String>),
     warnings: &mut Vec<String>,
 ) -> (Value, Option<Value>) {
@@ -368,7 +395,7 @@ fn executor_service(
                         "image": image,
                         "command": shim,
                         "ports": [{ "name": "h2c", "containerPort": SERVING_PORT }],
-                        "env": env_list(flow, e),
+                        "env": env_list(flow, e, shard),
                         "resources": resources(&e.jcloud.resources),
                         // The shim answers gRPC health NOT_SERVING until the Executor serves.
                         "readinessProbe": { "grpc": { "port": SERVING_PORT } },
@@ -504,12 +531,15 @@ pub fn render(flow: &Flow, flow_yaml: &str, opts: &KnativeOptions) -> Result<Exp
             ));
             continue;
         }
-        match executor_process(e, opts, &mut config_files) {
-            Ok(process) => {
+        let processes: Result<Vec<_>, String> = (0..names.len() as u32)
+            .map(|shard| executor_process(e, shard, opts, &mut config_files))
+            .collect();
+        match processes {
+            Ok(processes) => {
                 let mut at = vec![];
-                for name in &names {
+                for (shard, (name, process)) in names.iter().zip(processes).enumerate() {
                     let (svc, pvc) =
-                        executor_service(&ctx, name, e, process.clone(), &mut warnings);
+                        executor_service(&ctx, name, e, shard as u32, process, &mut warnings);
                     services.push(svc);
                     pvcs.extend(pvc);
                     // Knative's cluster-local address: port 80 routes to the h2c port.

@@ -65,6 +65,10 @@ pub struct LocalOptions {
     pub drain_timeout: Duration,
     /// Extra environment for every Executor (secrets, `.env`).
     pub env: HashMap<String, String>,
+    /// Where Executors keep their state when the Flow names no `workspace` (a relative one goes
+    /// under it). None: a relative `workspace` is resolved from the Flow's folder, and without
+    /// one Jina's default applies.
+    pub workspace: Option<PathBuf>,
 }
 
 impl LocalOptions {
@@ -94,6 +98,7 @@ impl LocalOptions {
             startup_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
             env: HashMap::new(),
+            workspace: None,
         }
     }
 }
@@ -109,9 +114,13 @@ fn describe(uses: &Uses) -> String {
     }
 }
 
-/// The command that runs one replica of `exec` (before the shim wraps it). `{port}` is the
-/// Executor's port, filled in by the shim.
-pub fn executor_command(exec: &Executor, opts: &LocalOptions) -> Result<Vec<String>, RuntimeError> {
+/// The command that runs one replica of shard `shard` of `exec` (before the shim wraps it).
+/// `{port}` is the Executor's port, filled in by the shim.
+pub fn executor_command(
+    exec: &Executor,
+    shard: u32,
+    opts: &LocalOptions,
+) -> Result<Vec<String>, RuntimeError> {
     if let Some(cmd) = &exec.command {
         let mut cmd = cmd.clone();
         if let Some(first) = cmd.first_mut()
@@ -124,8 +133,12 @@ pub fn executor_command(exec: &Executor, opts: &LocalOptions) -> Result<Vec<Stri
         return Ok(cmd);
     }
     let jina = opts.jina.to_string_lossy();
+    let exec = &Executor {
+        workspace: workspace(exec, opts),
+        ..exec.clone()
+    };
     let jina_args =
-        |uses: String| jina_executor_args(exec, &jina, uses, |p| resolve(&opts.flow_dir, p));
+        |uses: String| jina_executor_args(exec, &jina, uses, shard, |p| resolve(&opts.flow_dir, p));
     match &exec.uses {
         Uses::PassThrough => Ok(jina_args("BaseExecutor".into())),
         Uses::Class { name } => Ok(jina_args(name.clone())),
@@ -203,6 +216,7 @@ pub fn jina_executor_args(
     exec: &Executor,
     jina: &str,
     uses: String,
+    shard: u32,
     path: impl Fn(&str) -> String,
 ) -> Vec<String> {
     let mut v = vec![
@@ -235,7 +249,33 @@ pub fn jina_executor_args(
             v.push(path(m));
         }
     }
+    if let Some(w) = &exec.workspace {
+        v.push("--workspace".into());
+        v.push(path(w));
+    }
+    if exec.shards > 1 {
+        // What a Jina Flow tells each shard: its `runtime_args.shard_id` names its workspace
+        // (`workspace/NAME/ID`), so the shards of a stateful Executor keep apart what they hold.
+        v.extend([
+            "--shards".into(),
+            exec.shards.to_string(),
+            "--shard-id".into(),
+            shard.to_string(),
+        ]);
+    }
     v
+}
+
+/// The absolute workspace of `exec`'s replicas, if it has one (see [`LocalOptions::workspace`]).
+pub fn workspace(exec: &Executor, opts: &LocalOptions) -> Option<String> {
+    match (&exec.workspace, &opts.workspace) {
+        (Some(w), Some(root)) if Path::new(w).is_relative() => {
+            Some(root.join(w).to_string_lossy().into_owned())
+        }
+        (Some(w), _) => Some(resolve(&opts.flow_dir, w)),
+        (None, Some(root)) => Some(root.to_string_lossy().into_owned()),
+        (None, None) => None,
+    }
 }
 
 fn resolve(dir: &Path, p: &str) -> String {
@@ -362,23 +402,25 @@ fn push_tail(tail: &Mutex<VecDeque<String>>, line: String) {
     t.push_back(line);
 }
 
-/// Starts one replica and waits for its ready line.
+/// Starts one replica of shard `shard` and waits for its ready line.
 pub async fn start_replica(
     exec: &Executor,
     replica_id: &str,
+    shard: u32,
     opts: &LocalOptions,
 ) -> Result<ReplicaProcess, RuntimeError> {
-    start_replica_logged(exec, replica_id, opts, None).await
+    start_replica_logged(exec, replica_id, shard, opts, None).await
 }
 
 /// [`start_replica`], also copying every output line into `logs`.
 pub async fn start_replica_logged(
     exec: &Executor,
     replica_id: &str,
+    shard: u32,
     opts: &LocalOptions,
     logs: Option<LogBook>,
 ) -> Result<ReplicaProcess, RuntimeError> {
-    let cmd = executor_command(exec, opts)?;
+    let cmd = executor_command(exec, shard, opts)?;
     let mut shim = Command::new(&opts.shim);
     shim.arg("--executor")
         .arg(&exec.name)
@@ -394,6 +436,12 @@ pub async fn start_replica_logged(
         .envs(&opts.env)
         .envs(&exec.env)
         .env("ZEROFLOW_EXECUTOR_NAME", &exec.name)
+        // Which part of the Executor this process is, for programs that are not `jina executor`
+        // (which gets Jina's own --shard-id).
+        .env("ZEROFLOW_REPLICA_ID", replica_id)
+        .env("ZEROFLOW_SHARD_ID", shard.to_string())
+        .env("ZEROFLOW_SHARDS", exec.shards.to_string())
+        .envs(workspace(exec, opts).map(|w| ("ZEROFLOW_WORKSPACE", w)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -630,7 +678,7 @@ impl LocalRuntime {
                 external.push((exec.name.clone(), sets));
                 continue;
             }
-            executor_command(exec, &opts)?;
+            executor_command(exec, 0, &opts)?;
             let (desired, _) = tokio::sync::watch::channel(0);
             execs.push(Arc::new(ExecRuntime {
                 exec: exec.clone(),
@@ -930,7 +978,7 @@ async fn run_replica(
 ) {
     let started = tokio::time::Instant::now();
     let proc = tokio::select! {
-        p = start_replica_logged(&rt.exec, &id, &opts, Some(rt.logs.clone())) => p,
+        p = start_replica_logged(&rt.exec, &id, shard, &opts, Some(rt.logs.clone())) => p,
         // Dropping the half-started process kills its shim (kill_on_drop); the Executor
         // follows through its parent-death signal.
         _ = &mut stop => { let _ = ended.send((id, ReplicaEnd::Stopped)); return; }
@@ -1011,4 +1059,76 @@ pub async fn fetch_stats(admin: &str) -> Option<zeroflow_activator::Stat> {
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(yaml: &str) -> zeroflow_spec::Flow {
+        zeroflow_spec::load(yaml, &zeroflow_spec::Source::default())
+            .expect("loads")
+            .flow
+    }
+
+    fn opts(workspace: Option<&str>) -> LocalOptions {
+        let mut o = LocalOptions::discover("/flows/f".into(), "/flows/f/work".into());
+        o.jina = "jina".into();
+        o.workspace = workspace.map(PathBuf::from);
+        o
+    }
+
+    fn after<'a>(cmd: &'a [String], flag: &str) -> Option<&'a str> {
+        let at = cmd.iter().position(|a| a == flag)?;
+        cmd.get(at + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn each_shard_is_told_its_id_as_jina_tells_it() {
+        let f = flow("jtype: Flow\nexecutors:\n  - name: a\n    shards: 3\n  - name: b\n");
+        let cmd = executor_command(&f.executors[0], 2, &opts(None)).unwrap();
+        assert_eq!(after(&cmd, "--shards"), Some("3"));
+        assert_eq!(after(&cmd, "--shard-id"), Some("2"));
+        // One shard: Jina's defaults (shard 0 of 1), so nothing is added.
+        let cmd = executor_command(&f.executors[1], 0, &opts(None)).unwrap();
+        assert_eq!(after(&cmd, "--shard-id"), None);
+    }
+
+    #[test]
+    fn the_workspace_is_the_flows_else_the_servers() {
+        let f = flow(
+            "jtype: Flow\nwith:\n  workspace: ws\nexecutors:\n  - name: a\n  - name: b\n    workspace: /abs\n",
+        );
+        let no = f.executors.iter().map(|e| {
+            let o = opts(None);
+            after(&executor_command(e, 0, &o).unwrap(), "--workspace").map(str::to_string)
+        });
+        assert_eq!(
+            no.collect::<Vec<_>>(),
+            [Some("/flows/f/ws".to_string()), Some("/abs".to_string())],
+            "`jc flow serve`: a relative workspace is the Flow folder's"
+        );
+        let server = f.executors.iter().map(|e| {
+            let o = opts(Some("/data/flows/x/workspace"));
+            after(&executor_command(e, 0, &o).unwrap(), "--workspace").map(str::to_string)
+        });
+        assert_eq!(
+            server.collect::<Vec<_>>(),
+            [
+                Some("/data/flows/x/workspace/ws".to_string()),
+                Some("/abs".to_string())
+            ],
+            "`jc server`: under the Flow's own data folder"
+        );
+        let none = flow("jtype: Flow\nexecutors:\n  - name: a\n");
+        let cmd = executor_command(
+            &none.executors[0],
+            0,
+            &opts(Some("/data/flows/x/workspace")),
+        )
+        .unwrap();
+        assert_eq!(after(&cmd, "--workspace"), Some("/data/flows/x/workspace"));
+        let cmd = executor_command(&none.executors[0], 0, &opts(None)).unwrap();
+        assert_eq!(after(&cmd, "--workspace"), None, "Jina's default");
+    }
 }

@@ -689,6 +689,10 @@ fn executor(
         .get(&["py_modules"])
         .map(|(n, f)| string_list(n, &f, d))
         .unwrap_or_default();
+    let workspace = a
+        .get(&["workspace"])
+        .filter(|(n, _)| !n.is_null())
+        .and_then(|(n, f)| (Reader { d }).text(n, &f, "a folder path"));
     let when = match a.get(&["when"]) {
         None => None,
         Some((n, _)) if n.is_null() => None,
@@ -803,6 +807,7 @@ fn executor(
         uses_metas: json_map(a, "uses_metas", d),
         uses_requests: json_map(a, "uses_requests", d),
         py_modules,
+        workspace,
         env,
         env_from_secret,
         replicas,

@@ -248,6 +248,9 @@ pub(crate) const INHERITED: &[&str] = &[
     "external",
     "host",
     "host_in",
+    // A `jina flow` argument, not a common one, but Jina's Flow.add gives it to every
+    // Deployment that sets none.
+    "workspace",
 ];
 
 /// Arguments that change what an Executor computes but that Zeroflow does not run.

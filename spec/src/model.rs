@@ -92,6 +92,10 @@ pub struct Executor {
     pub uses_metas: serde_json::Map<String, serde_json::Value>,
     pub uses_requests: serde_json::Map<String, serde_json::Value>,
     pub py_modules: Vec<String>,
+    /// `workspace` (the Executor's own, else the Flow's `with.workspace`), as written: Jina
+    /// passes it to the Executor, whose state goes under `WORKSPACE/NAME[/SHARD]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
     pub env: BTreeMap<String, String>,
     /// Secrets to expose as env vars: env var name -> (secret name, key).
     pub env_from_secret: BTreeMap<String, SecretRef>,

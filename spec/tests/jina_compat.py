@@ -1,6 +1,6 @@
 """Loads every golden good spec with Jina itself and checks that Zeroflow's normalized output
-(the sibling .json) has the same Executors, in the same order, with the same `needs`, replicas
-and shards.
+(the sibling .json) has the same Executors, in the same order, with the same `needs`, replicas,
+shards and workspace.
 
 Run with the project venv: JINA_OPTOUT_TELEMETRY=1 .venv/bin/python spec/tests/jina_compat.py
 A spec whose first lines hold `# jina-compat: skip (<reason>)` is not checked. Nothing is
@@ -28,10 +28,10 @@ def jina_view(path: Path, is_deployment: bool):
     ctx = SOURCE['context']
     if is_deployment:
         d = jina.Deployment.load_config(str(path), context=ctx)
-        return [(d.args.name, ['gateway'], d.args.replicas, d.args.shards)]
+        return [(d.args.name, ['gateway'], d.args.replicas, d.args.shards, d.args.workspace)]
     f = jina.Flow.load_config(str(path), context=ctx)
     return [
-        (name, sorted(node.needs), node.args.replicas, node.args.shards)
+        (name, sorted(node.needs), node.args.replicas, node.args.shards, node.args.workspace)
         for name, node in f._deployment_nodes.items()
     ]
 
@@ -39,7 +39,9 @@ def jina_view(path: Path, is_deployment: bool):
 def zeroflow_view(path: Path):
     flow = json.loads(path.with_suffix('.json').read_text())['flow']
     return [
-        (e['name'], sorted(e['needs']), e['replicas'], e['shards'])
+        # Jina makes a Flow's workspace absolute (from the current folder) as it loads it.
+        (e['name'], sorted(e['needs']), e['replicas'], e['shards'],
+         os.path.abspath(e['workspace']) if e.get('workspace') else None)
         for e in flow['executors']
     ]
 

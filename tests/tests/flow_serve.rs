@@ -175,6 +175,65 @@ fn an_executor_that_keeps_crashing_while_serving_stops_the_flow() {
     assert!(stderr.contains("crashing on purpose"), "{stderr}");
 }
 
+#[test]
+fn each_shard_is_told_its_id_and_keeps_its_own_workspace() {
+    let dir = temp_dir("shard-workspaces");
+    let execs = workspace_root().join("tests/python/executors");
+    let yaml = format!(
+        r#"
+jtype: Flow
+with:
+  workspace: ws
+executors:
+  - name: sharded
+    uses: ShardReporter
+    py_modules: [{execs}/appender.py]
+    shards: 2
+    polling: ALL
+"#,
+        execs = execs.display()
+    );
+    let served = serve_flow(&dir, &yaml);
+    let url = served.grpc.clone().expect("grpc");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let docs = rt.block_on(async {
+        let mut c = load::client(&url).await;
+        let r = c
+            .process_single_data(load::text_request("one", &["hello"]))
+            .await
+            .expect("answered")
+            .into_inner();
+        let docs = zeroflow_gateway::docs::decode_docs(&r.data).expect("docs");
+        zeroflow_gateway::docs::docs_to_json(&docs)
+    });
+    // Polling ALL: both shards answered, each with its own id and workspace (Jina's
+    // `WORKSPACE/NAME/SHARD`, the Flow's relative `workspace` taken from the Flow's folder).
+    let ws = std::fs::canonicalize(&dir).unwrap().join("ws");
+    for shard in 0..2 {
+        let doc = docs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == format!("shard-{shard}"))
+            .unwrap_or_else(|| panic!("shard {shard} answered: {docs}"));
+        let at = std::path::PathBuf::from(doc["text"].as_str().unwrap());
+        assert!(
+            at.starts_with(&ws),
+            "{} is under {}",
+            at.display(),
+            ws.display()
+        );
+        assert!(
+            at.ends_with(shard.to_string()),
+            "shard {shard}'s workspace: {}",
+            at.display()
+        );
+        let seen = std::fs::read_to_string(at.join("seen.txt")).expect("the shard wrote there");
+        assert_eq!(seen.lines().count(), 1, "{seen}");
+    }
+    served.stop();
+}
+
 fn big_request(bytes: usize) -> zeroflow_proto::jina::DataRequestProto {
     load::text_request("big", &["x".repeat(bytes).as_str()])
 }

@@ -338,6 +338,33 @@ executors:
         ["indexer-0-data", "indexer-1-data", "indexer-2-data"],
         "each shard keeps its own data"
     );
+    // Each shard's Executor is told which shard it is, as a Jina Flow tells it.
+    for (i, svc) in export
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "Service")
+        .take(3)
+        .enumerate()
+    {
+        let container = &svc["spec"]["template"]["spec"]["containers"][0];
+        let cmd: Vec<&str> = container["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let tail = &cmd[cmd.len() - 4..];
+        assert_eq!(
+            tail,
+            ["--shards", "3", "--shard-id", &i.to_string()],
+            "{cmd:?}"
+        );
+        let env = container["env"].to_string();
+        assert!(
+            env.contains(&format!(r#"{{"name":"ZEROFLOW_SHARD_ID","value":"{i}"}}"#)),
+            "{env}"
+        );
+    }
     let gw = export.objects.last().unwrap();
     let cmd = gw["spec"]["template"]["spec"]["containers"][0]["command"].to_string();
     assert!(

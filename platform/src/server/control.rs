@@ -162,6 +162,9 @@ impl Controller {
         let dir = self.flow_dir(id);
         let run_dir = project_dir.map_or_else(|| dir.clone(), std::path::Path::to_path_buf);
         let mut opts = LocalOptions::discover(run_dir, dir.join("work"));
+        // Outside the project folder, which an update replaces: state outlives updates, and two
+        // Flows' Executors of one name do not share Jina's default (a per-user cache folder).
+        opts.workspace = Some(dir.join("workspace"));
         opts.startup_timeout = self.cfg.startup_timeout;
         opts.drain_timeout = self.cfg.drain_timeout;
         opts

@@ -1,4 +1,5 @@
 """Python Executors for Zeroflow's end-to-end tests, run by a real `jina executor`."""
+import os
 from typing import Optional
 
 from docarray import BaseDoc, DocList
@@ -32,4 +33,18 @@ class Appender(Executor):
     def shout(self, docs: DocList[FlowDoc], **kwargs) -> DocList[FlowDoc]:
         for d in docs:
             d.text = d.text.upper() + '!'
+        return docs
+
+
+class ShardReporter(Executor):
+    """Adds one document per shard: its id names the shard Jina says this is, its text is the
+    shard's workspace, where it also appends the ids it saw (so the test can see the files)."""
+
+    @requests
+    def report(self, docs: DocList[FlowDoc], **kwargs) -> DocList[FlowDoc]:
+        shard = self.runtime_args.shard_id
+        with open(os.path.join(self.workspace, 'seen.txt'), 'a') as f:
+            for d in docs:
+                f.write(d.id + '\n')
+        docs.append(FlowDoc(id=f'shard-{shard}', text=self.workspace))
         return docs
