@@ -164,7 +164,7 @@ fn a_killed_server_comes_back_with_every_flow_at_the_same_endpoints() {
     let slow = deploy(
         &server,
         &token,
-        "jtype: Flow\nexecutors:\n  - name: slow\n    command: zeroflow-test-executor --startup-delay 1500ms --append=-slow\n",
+        "jtype: Flow\nexecutors:\n  - name: slow\n    command: zeroflow-test-executor --startup-delay 4000ms --append=-slow\n",
     );
     let b_url = gateway(
         &server
