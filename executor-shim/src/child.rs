@@ -42,10 +42,12 @@ pub struct Child {
 pub enum ChildError {
     #[error("no Executor command given")]
     NoCommand,
-    #[error("cannot start `{program}`: {source}")]
+    // `why` rather than a `source`: the shim prints the error with its chain, which would
+    // repeat the cause.
+    #[error("cannot start `{program}`: {why}")]
     Spawn {
         program: String,
-        source: std::io::Error,
+        why: std::io::Error,
     },
 }
 
@@ -65,9 +67,9 @@ impl Child {
             .process_group(0)
             .kill_on_drop(false);
         set_parent_death_signal(&mut cmd);
-        let mut inner = cmd.spawn().map_err(|source| ChildError::Spawn {
+        let mut inner = cmd.spawn().map_err(|why| ChildError::Spawn {
             program: program.clone(),
-            source,
+            why,
         })?;
         let pid = inner.id().map(|p| p as i32).unwrap_or_default();
         let tail = StderrTail::default();

@@ -22,6 +22,13 @@ pub enum RuntimeError {
         uses: String,
         why: String,
     },
+    #[error("Executor {executor} cannot run: `{program}` {why}. {hint}")]
+    NotFound {
+        executor: String,
+        program: String,
+        why: String,
+        hint: String,
+    },
     #[error("cannot start replica {replica} of Executor {executor}: {source}")]
     Spawn {
         executor: String,
@@ -264,6 +271,58 @@ pub fn jina_executor_args(
         ]);
     }
     v
+}
+
+/// Fails at once, naming what to install or fix, when the program a replica would run is not
+/// there: otherwise every replica start fails the same way and the Flow only gives up after
+/// several attempts, with the reason buried in the last one's output.
+fn check_program(exec: &Executor, cmd: &[String], opts: &LocalOptions) -> Result<(), RuntimeError> {
+    let Some(program) = cmd.first() else {
+        return Ok(());
+    };
+    let hint = if exec.command.is_none() {
+        "Python Executors run with Jina's own `jina executor`: install jina (see the README's \
+         setup), or set ZEROFLOW_JINA to its path"
+    } else {
+        "`command:` must name a program on PATH, or a path (relative to the Flow's folder)"
+    };
+    let fail = |why: &str| {
+        Err(RuntimeError::NotFound {
+            executor: exec.name.clone(),
+            program: program.clone(),
+            why: why.into(),
+            hint: hint.into(),
+        })
+    };
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = opts.flow_dir.join(program);
+        return if executable(&path) {
+            Ok(())
+        } else if path.exists() {
+            fail("is not an executable file")
+        } else {
+            fail("does not exist")
+        };
+    }
+    // The replica's own PATH: the Executor's `env`, else the Flow's, else this process's.
+    let path_var = exec
+        .env
+        .get("PATH")
+        .cloned()
+        .or_else(|| opts.env.get("PATH").cloned())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    let found = std::env::split_paths(&path_var)
+        .any(|dir| executable(&opts.flow_dir.join(dir).join(program)));
+    if found {
+        Ok(())
+    } else {
+        fail("is not on PATH")
+    }
 }
 
 /// The absolute workspace of `exec`'s replicas, if it has one (see [`LocalOptions::workspace`]).
@@ -678,7 +737,8 @@ impl LocalRuntime {
                 external.push((exec.name.clone(), sets));
                 continue;
             }
-            executor_command(exec, 0, &opts)?;
+            let cmd = executor_command(exec, 0, &opts)?;
+            check_program(exec, &cmd, &opts)?;
             let (desired, _) = tokio::sync::watch::channel(0);
             execs.push(Arc::new(ExecRuntime {
                 exec: exec.clone(),

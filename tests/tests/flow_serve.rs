@@ -119,6 +119,58 @@ fn a_bad_flow_is_refused_with_line_and_column() {
 }
 
 #[test]
+fn a_program_that_is_not_there_is_named_at_once() {
+    let dir = temp_dir("missing-program");
+    let execs = workspace_root().join("tests/python/executors");
+    std::fs::write(
+        dir.join("flow.yml"),
+        format!(
+            "jtype: Flow\nexecutors:\n  - name: py\n    uses: {}/appender.yml\n",
+            execs.display()
+        ),
+    )
+    .expect("write");
+    let serve = |jina: &str| {
+        Command::new(bin("jc"))
+            .args(["flow", "serve"])
+            .arg(dir.join("flow.yml"))
+            .env("ZEROFLOW_JINA", jina)
+            .output()
+            .expect("run jc")
+    };
+    let out = serve("/nonexistent/jina");
+    assert_eq!(out.status.code(), Some(69));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Executor py cannot run: `/nonexistent/jina` does not exist")
+            && stderr.contains("install jina"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("starting replica"),
+        "nothing is started: {stderr}"
+    );
+    let out = serve("jina-is-not-installed-here");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`jina-is-not-installed-here` is not on PATH"),
+        "{stderr}"
+    );
+    std::fs::write(
+        dir.join("flow.yml"),
+        "jtype: Flow\nexecutors:\n  - name: mine\n    command: ./run-me --port {port}\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("run-me"), "#!/bin/sh\n").expect("write");
+    let out = serve("jina");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Executor mine cannot run: `./run-me` is not an executable file"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_executor_that_cannot_start_is_reported_with_its_output() {
     let dir = temp_dir("crash-flow");
     std::fs::write(

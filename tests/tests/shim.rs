@@ -223,6 +223,11 @@ fn a_missing_command_is_a_clear_error() {
         stderr.contains("cannot start `/nonexistent/zeroflow-no-such-binary`"),
         "{stderr}"
     );
+    assert_eq!(
+        stderr.matches("os error 2").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
 }
 
 #[test]
