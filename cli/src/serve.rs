@@ -15,7 +15,7 @@ const EX_USAGE: i32 = 64;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The Flow YAML file.
+    /// The Flow YAML file, or a project folder with a flow.yml (as made by `jc new`).
     pub path: PathBuf,
     /// Address the gateway listens on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -120,8 +120,28 @@ fn load(path: &Path) -> Result<zeroflow_spec::Flow, i32> {
     load_with_text(path).map(|(flow, _)| flow)
 }
 
+/// The Flow file `path` names: itself, or a project folder's `flow.yml` (as `jc flow deploy`
+/// takes a folder). Else the exit code after printing why.
+pub(crate) fn flow_file(path: &Path) -> Result<PathBuf, i32> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    ["flow.yml", "flow.yaml"]
+        .iter()
+        .map(|f| path.join(f))
+        .find(|f| f.is_file())
+        .ok_or_else(|| {
+            eprintln!(
+                "error: {} is a folder without flow.yml (or flow.yaml); give the Flow file",
+                path.display()
+            );
+            EX_NOINPUT
+        })
+}
+
 /// The Flow at `path` and its text, or the exit code after printing why it cannot be loaded.
 pub(crate) fn load_with_text(path: &Path) -> Result<(zeroflow_spec::Flow, String), i32> {
+    let path = &flow_file(path)?;
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -163,7 +183,11 @@ pub fn validate(path: &Path) -> i32 {
     }
 }
 
-pub async fn serve(args: ServeArgs) -> i32 {
+pub async fn serve(mut args: ServeArgs) -> i32 {
+    args.path = match flow_file(&args.path) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let mut flow = match load(&args.path) {
         Ok(f) => f,
         Err(code) => return code,

@@ -292,6 +292,13 @@ pub fn serve_flow_with(dir: &Path, yaml: &str, extra: &[&str]) -> Served {
     spawn_served(cmd, dir)
 }
 
+/// Serves a project folder (`jc flow serve DIR`, its flow.yml), as `jc new` makes one.
+pub fn serve_folder(dir: &Path) -> Served {
+    let mut cmd = Command::new(bin("jc"));
+    cmd.args(["flow", "serve"]).arg(dir);
+    spawn_served(cmd, dir)
+}
+
 fn spawn_served(mut cmd: Command, dir: &Path) -> Served {
     let mut child = cmd
         .env("PATH", path_with_venv())

@@ -119,6 +119,32 @@ fn a_bad_flow_is_refused_with_line_and_column() {
 }
 
 #[test]
+fn a_jc_new_project_folder_serves_as_it_is() {
+    let parent = temp_dir("new-project");
+    let out = Command::new(bin("jc"))
+        .args(["new", "hello"])
+        .current_dir(&parent)
+        .output()
+        .expect("jc new");
+    assert!(out.status.success(), "{out:?}");
+    let served = serve_folder(&parent.join("hello"));
+    let grpc = served.grpc.clone().expect("grpc");
+    run_python("check_client.py", &["hello_world", "--grpc", &grpc]);
+    served.stop();
+    // A folder without a Flow file is named as such.
+    let out = Command::new(bin("jc"))
+        .args(["flow", "serve"])
+        .arg(&parent)
+        .output()
+        .expect("run jc");
+    assert_eq!(out.status.code(), Some(66), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a folder without flow.yml"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_program_that_is_not_there_is_named_at_once() {
     let dir = temp_dir("missing-program");
     let execs = workspace_root().join("tests/python/executors");
