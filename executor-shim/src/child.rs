@@ -60,7 +60,13 @@ impl Child {
         let mut cmd = Command::new(program);
         cmd.args(args.iter().map(|a| a.replace("{port}", &port_s)))
             .env("ZEROFLOW_EXECUTOR_PORT", &port_s)
-            .env("JINA_OPTOUT_TELEMETRY", "1")
+            .env("JINA_OPTOUT_TELEMETRY", "1");
+        // The replica's output is a log read through pipes (and kept per replica): no ANSI
+        // colours, and no 40-line Jina logo at every cold start.
+        if std::env::var_os("JINA_LOG_NO_COLOR").is_none() {
+            cmd.env("JINA_LOG_NO_COLOR", "1");
+        }
+        cmd
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
