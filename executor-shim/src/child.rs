@@ -66,8 +66,7 @@ impl Child {
         if std::env::var_os("JINA_LOG_NO_COLOR").is_none() {
             cmd.env("JINA_LOG_NO_COLOR", "1");
         }
-        cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
             .process_group(0)

@@ -530,6 +530,79 @@ fn an_executor_pushed_through_the_api_runs_in_a_flow() {
         "check_client.py",
         &["single", "--grpc", &gateway(&v), "--suffix=-py"],
     );
+
+    // An Executor's workspace is the Flow's own folder in the data directory (a relative
+    // `workspace` goes under it), and what it keeps there outlives a restart.
+    std::fs::write(
+        src.join("config.yml"),
+        "jtype: ShardReporter\npy_modules:\n  - appender.py\n",
+    )
+    .unwrap();
+    let archive = data.join("reporter.tar.gz");
+    let st = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .args(["config.yml", "appender.py"])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let (s, _, v) = server.call(
+        "POST",
+        "/executors",
+        Some(&token),
+        Some(Body::Form(vec![
+            "name=reporter".into(),
+            format!("archive=@{}", archive.display()),
+        ])),
+    );
+    assert_eq!(s, 201, "{v}");
+    let id = deploy(
+        &server,
+        &token,
+        "jtype: Flow\nexecutors:\n  - name: r\n    uses: jinaai+docker://carol/reporter\n    workspace: state\n",
+    );
+    let v = server.wait_phase(&token, &id, "Serving", Duration::from_secs(120));
+    let url = gateway(&v);
+    let ask = || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let mut c = zeroflow_tests::load::client(&url).await;
+            let r = c
+                .process_single_data(zeroflow_tests::load::text_request("w", &["x"]))
+                .await
+                .expect("answered")
+                .into_inner();
+            let docs = zeroflow_gateway::docs::decode_docs(&r.data).expect("docs");
+            zeroflow_gateway::docs::docs_to_json(&docs)[1]["text"]
+                .as_str()
+                .expect("the workspace")
+                .to_string()
+        })
+    };
+    let ws = std::path::PathBuf::from(ask());
+    let root = std::fs::canonicalize(&data)
+        .unwrap()
+        .join("flows")
+        .join(&id)
+        .join("workspace/state");
+    assert!(
+        ws.starts_with(&root),
+        "{} under {}",
+        ws.display(),
+        root.display()
+    );
+    let (s, _, v) = server.call("PUT", &format!("/flows/{id}:restart"), Some(&token), None);
+    assert_eq!(s, 202, "{v}");
+    server.wait_phase(&token, &id, "Serving", Duration::from_secs(120));
+    assert_eq!(std::path::PathBuf::from(ask()), ws);
+    let seen = std::fs::read_to_string(ws.join("seen.txt")).expect("kept");
+    assert_eq!(
+        seen.lines().count(),
+        2,
+        "both requests, across the restart: {seen}"
+    );
     server.stop();
 }
 
