@@ -202,6 +202,24 @@ fn ndarray_to_json(buf: &[u8], shape: &[u32], dtype: &str) -> Value {
         _ => return Value::Null,
     };
     let flat: Vec<Value> = buf.chunks_exact(size).map(|c| conv(c, little)).collect();
+    // The shape comes from the Executor (or a client) as sent: one that does not hold exactly
+    // the buffer's elements (or overflows) is not followed, which would build up to 2^32 lists
+    // per dimension; the values are kept, flat.
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, d| n.checked_mul(*d as usize));
+    // A zero-sized dimension fits any shape to no elements, but the lists before it are still
+    // built (numpy's `tolist()` of shape (N, 0) is N empty lists): every level's list count,
+    // the product of the dimensions down to it, is bounded too.
+    let bound = flat.len().max(1 << 20);
+    let mut lists = Some(1usize);
+    let bounded = shape.iter().all(|d| {
+        lists = lists.and_then(|n| n.checked_mul(*d as usize));
+        lists.is_some_and(|n| n <= bound)
+    });
+    if count != Some(flat.len()) || !bounded {
+        return Value::Array(flat);
+    }
     fn nest(flat: &[Value], shape: &[u32]) -> Value {
         match shape {
             [] => flat.first().cloned().unwrap_or(Value::Null),
@@ -309,6 +327,29 @@ mod tests {
             ndarray_to_json(&buf, &[4], "<f4"),
             json!([1.0, 2.0, 3.0, 4.0])
         );
+    }
+
+    #[test]
+    fn an_ndarray_whose_shape_does_not_fit_its_buffer_stays_flat() {
+        let buf: Vec<u8> = [1i32, 2, 3].iter().flat_map(|i| i.to_le_bytes()).collect();
+        // Far more elements than the buffer holds (and an overflowing product): no nesting.
+        assert_eq!(
+            ndarray_to_json(&buf, &[u32::MAX, u32::MAX, u32::MAX], "<i4"),
+            json!([1, 2, 3])
+        );
+        assert_eq!(ndarray_to_json(&buf, &[2, 2], "<i4"), json!([1, 2, 3]));
+        assert_eq!(
+            ndarray_to_json(&buf[..4], &[], "<i4"),
+            json!(1),
+            "a 0-d array"
+        );
+        assert_eq!(
+            ndarray_to_json(&buf, &[3, 1], "<i4"),
+            json!([[1], [2], [3]])
+        );
+        assert_eq!(ndarray_to_json(&[], &[2, 0], "<i4"), json!([[], []]));
+        assert_eq!(ndarray_to_json(&[], &[u32::MAX, 0], "<i4"), json!([]));
+        assert_eq!(ndarray_to_json(&[], &[7, u32::MAX, 0], "<i4"), json!([]));
     }
 
     #[test]
