@@ -340,6 +340,17 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_changes_nothing() {
         400,
         "ghost",
     );
+    // A program that is not on the server.
+    expect(
+        "POST",
+        "/flows",
+        Some(&token),
+        Some(Body::Spec(
+            "jtype: Flow\nexecutors:\n  - name: a\n    command: zeroflow-no-such-program\n".into(),
+        )),
+        400,
+        "Executor a cannot run: `zeroflow-no-such-program` is not on PATH",
+    );
     expect("POST", "/flows", Some(&token), None, 400, "spec");
     // Unknown things.
     expect(
