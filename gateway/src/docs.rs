@@ -225,12 +225,17 @@ fn ndarray_to_json(buf: &[u8], shape: &[u32], dtype: &str) -> Value {
             [] => flat.first().cloned().unwrap_or(Value::Null),
             [_] => Value::Array(flat.to_vec()),
             [n, rest @ ..] => {
-                let step = rest.iter().map(|d| *d as usize).product::<usize>().max(1);
+                // Checked: with a zero dimension up front, the rest may multiply past usize.
+                let step = rest
+                    .iter()
+                    .try_fold(1usize, |a, d| a.checked_mul(*d as usize))
+                    .unwrap_or(usize::MAX)
+                    .max(1);
                 Value::Array(
                     (0..*n as usize)
                         .map(|i| {
-                            let lo = (i * step).min(flat.len());
-                            let hi = ((i + 1) * step).min(flat.len());
+                            let lo = i.saturating_mul(step).min(flat.len());
+                            let hi = (i + 1).saturating_mul(step).min(flat.len());
                             nest(&flat[lo..hi], rest)
                         })
                         .collect(),
@@ -350,6 +355,10 @@ mod tests {
         assert_eq!(ndarray_to_json(&[], &[2, 0], "<i4"), json!([[], []]));
         assert_eq!(ndarray_to_json(&[], &[u32::MAX, 0], "<i4"), json!([]));
         assert_eq!(ndarray_to_json(&[], &[7, u32::MAX, 0], "<i4"), json!([]));
+        assert_eq!(
+            ndarray_to_json(&[], &[0, u32::MAX, u32::MAX, u32::MAX], "<i4"),
+            json!([])
+        );
     }
 
     #[test]
