@@ -377,6 +377,7 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
                 .await
         }
     }
+    zeroflow_platform::local::stop_zygotes().await;
     if let Some(why) = failed.lock().take() {
         eprintln!("error: {why}");
         return EX_UNAVAILABLE;

@@ -119,7 +119,9 @@ async fn serve(args: ServerArgs) -> i32 {
         "Create a token with: jc server token create NAME --data-dir {}",
         data_dir.display()
     );
-    match server::run(cfg, listener, shutdown_signal()).await {
+    let result = server::run(cfg, listener, shutdown_signal()).await;
+    zeroflow_platform::local::stop_zygotes().await;
+    match result {
         Ok(()) => {
             eprintln!("Stopped.");
             0

@@ -59,6 +59,9 @@ pub struct ShimConfig {
     pub drain_timeout: Duration,
     /// After SIGTERM to the child's group: how long before SIGKILL.
     pub stop_grace: Duration,
+    /// The local runtime's zygote (a Unix socket) to fork the command from; None, or any
+    /// failure there, starts the command itself.
+    pub zygote: Option<std::path::PathBuf>,
 }
 
 impl Default for ShimConfig {
@@ -74,6 +77,7 @@ impl Default for ShimConfig {
             startup_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
+            zygote: None,
         }
     }
 }
@@ -340,11 +344,34 @@ impl Shim {
             }
         });
 
-        let mut child = child::Child::spawn(&config.command, child_port, &config.replica)?;
+        let forked = match &config.zygote {
+            Some(z) => {
+                match child::Child::fork_from_zygote(
+                    z,
+                    &config.command,
+                    child_port,
+                    &config.replica,
+                )
+                .await
+                {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(replica = %config.replica, zygote = %z.display(), error = %e, "the zygote cannot fork the Executor; starting it directly");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let via_zygote = forked.is_some();
+        let mut child = match forked {
+            Some(c) => c,
+            None => child::Child::spawn(&config.command, child_port, &config.replica)?,
+        };
         state.child_group.store(child.pid(), Ordering::Relaxed);
         tracing::info!(
             executor = %config.executor, replica = %config.replica, pid = child.pid(),
-            child_port, %grpc_addr, %admin_addr, "started executor"
+            child_port, %grpc_addr, %admin_addr, via_zygote, "started executor"
         );
 
         let started = Instant::now();

@@ -45,6 +45,10 @@ struct Args {
     /// After SIGTERM to the Executor, how long before SIGKILL.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     stop_grace: Duration,
+    /// Fork the command from the zygote listening on this Unix socket (a `jina executor` with
+    /// jina already imported); if it cannot, the command is started as usual.
+    #[arg(long)]
+    zygote: Option<std::path::PathBuf>,
     /// The Executor command, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -82,6 +86,7 @@ async fn main() {
         drain_timeout: args.drain_timeout,
         startup_timeout: args.startup_timeout,
         stop_grace: args.stop_grace,
+        zygote: args.zygote.clone(),
         ..ShimConfig::default()
     };
     let code = match run(config, &args).await {

@@ -76,6 +76,10 @@ pub struct LocalOptions {
     /// under it). None: a relative `workspace` is resolved from the Flow's folder, and without
     /// one Jina's default applies.
     pub workspace: Option<PathBuf>,
+    /// Fork `jina executor` replicas from a zygote that has imported jina once (see
+    /// [`zygote_socket`]): a Python Executor's cold start without Jina's 1.4 s import. On unless
+    /// `ZEROFLOW_ZYGOTE=0`.
+    pub zygote: bool,
 }
 
 impl LocalOptions {
@@ -106,6 +110,7 @@ impl LocalOptions {
             drain_timeout: Duration::from_secs(30),
             env: HashMap::new(),
             workspace: None,
+            zygote: std::env::var("ZEROFLOW_ZYGOTE").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -325,6 +330,130 @@ fn check_program(exec: &Executor, cmd: &[String], opts: &LocalOptions) -> Result
     }
 }
 
+/// The zygote's program: see its docstring.
+const ZYGOTE_PY: &str = include_str!("zygote.py");
+
+/// The zygotes this process started, by interpreter: their socket, or None if one could not be
+/// started (replicas then start `jina executor` themselves, as without a zygote).
+static ZYGOTES: std::sync::LazyLock<Mutex<HashMap<Vec<String>, Option<Zygote>>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+struct Zygote {
+    socket: PathBuf,
+    process: std::process::Child,
+}
+
+/// Stops the zygotes this process started and waits for them (a few seconds at most), so that
+/// nothing of ours outlives `jc` once it says it stopped. Their forks are gone by then: they
+/// drained with their replicas, or die with the zygote.
+pub async fn stop_zygotes() {
+    let zygotes: Vec<Zygote> = ZYGOTES.lock().drain().filter_map(|(_, z)| z).collect();
+    for mut z in zygotes {
+        let pid = nix::unistd::Pid::from_raw(z.process.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while matches!(z.process.try_wait(), Ok(None)) {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = z.process.kill();
+                let _ = z.process.wait();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::debug!(socket = %z.socket.display(), "zygote stopped");
+    }
+}
+
+/// The socket of the zygote for `opts.jina`'s interpreter, started on first use and shared by
+/// every Flow of this process. None when disabled, or when `jina` is not the console script of
+/// a Python that has jina (a wrapper, say): its replicas are started as they are.
+pub fn zygote_socket(opts: &LocalOptions) -> Option<PathBuf> {
+    if !opts.zygote {
+        return None;
+    }
+    let interpreter = jina_interpreter(opts)?;
+    ZYGOTES
+        .lock()
+        .entry(interpreter.clone())
+        .or_insert_with(|| match start_zygote(&interpreter) {
+            Ok(z) => Some(z),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the zygote; Python Executors start without it");
+                None
+            }
+        })
+        .as_ref()
+        .map(|z| z.socket.clone())
+}
+
+/// The interpreter (with its arguments) in the `#!` line of the `jina` console script.
+fn jina_interpreter(opts: &LocalOptions) -> Option<Vec<String>> {
+    let jina = if opts.jina.components().count() > 1 {
+        opts.flow_dir.join(&opts.jina)
+    } else {
+        let path = opts
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())?;
+        std::env::split_paths(&path)
+            .map(|d| d.join(&opts.jina))
+            .find(|p| p.is_file())?
+    };
+    let text = std::fs::read_to_string(jina).ok()?;
+    // Only pip's console script: anything else named `jina` may do more than Jina's CLI.
+    if !text.contains("from jina_cli import main") {
+        return None;
+    }
+    let interpreter: Vec<String> = text
+        .lines()
+        .next()?
+        .strip_prefix("#!")?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    (!interpreter.is_empty()).then_some(interpreter)
+}
+
+fn start_zygote(interpreter: &[String]) -> std::io::Result<Zygote> {
+    use std::os::unix::fs::DirBuilderExt;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Private to this user: whoever can connect can have it run commands.
+    let dir = std::env::temp_dir().join(format!(
+        "zeroflow-zygote-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let script = dir.join("zygote.py");
+    std::fs::write(&script, ZYGOTE_PY)?;
+    let socket = dir.join("zygote.sock");
+    let mut cmd = std::process::Command::new(&interpreter[0]);
+    cmd.args(&interpreter[1..])
+        .arg(&script)
+        .arg(&socket)
+        .env("JINA_OPTOUT_TELEMETRY", "1")
+        .env("JINA_LOG_NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // Its own process group: a Ctrl-C at the terminal (or `timeout`'s group signal) is for jc,
+    // which drains the replicas; the zygote and its forks must not die under them first.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // SAFETY: prctl(2) only, between fork and exec: async-signal-safe, no allocation.
+    #[allow(unsafe_code)]
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let process = cmd.spawn()?;
+    tracing::info!(pid = process.id(), socket = %socket.display(), "zygote started");
+    Ok(Zygote { socket, process })
+}
+
 /// The absolute workspace of `exec`'s replicas, if it has one (see [`LocalOptions::workspace`]).
 pub fn workspace(exec: &Executor, opts: &LocalOptions) -> Option<String> {
     match (&exec.workspace, &opts.workspace) {
@@ -481,6 +610,11 @@ pub async fn start_replica_logged(
 ) -> Result<ReplicaProcess, RuntimeError> {
     let cmd = executor_command(exec, shard, opts)?;
     let mut shim = Command::new(&opts.shim);
+    if exec.command.is_none()
+        && let Some(socket) = zygote_socket(opts)
+    {
+        shim.arg("--zygote").arg(socket);
+    }
     shim.arg("--executor")
         .arg(&exec.name)
         .arg("--replica")
@@ -786,6 +920,11 @@ impl LocalRuntime {
 
     /// Starts the reconcile loop of every Executor with its initial replica count.
     pub fn start(&self, initial: impl Fn(&Executor) -> u32) {
+        // The zygote imports jina now, so that a Python Executor's first wake-up (often from
+        // zero, seconds after the Flow starts) finds it ready.
+        if self.execs.iter().any(|e| e.exec.command.is_none()) {
+            zygote_socket(&self.opts);
+        }
         for e in &self.execs {
             e.desired.send_replace(initial(&e.exec));
             let task = tokio::spawn(reconcile_loop(

@@ -3,6 +3,7 @@
 //! an Executor from `py_modules`), and the clear errors a bad Flow gets.
 
 use std::process::Command;
+use std::time::Duration;
 use zeroflow_tests::*;
 
 /// `command:` is Zeroflow's extension for Executors that are not Python: here the Rust test
@@ -141,6 +142,110 @@ fn a_jc_new_project_folder_serves_as_it_is() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is a folder without flow.yml"),
         "{out:?}"
+    );
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn python_executors_are_forked_from_the_zygote_and_die_with_their_shim() {
+    let dir = temp_dir("zygote");
+    let execs = workspace_root().join("tests/python/executors");
+    let served = serve_flow(
+        &dir,
+        &format!(
+            "jtype: Flow\nexecutors:\n  - name: py\n    uses: {}/appender.yml\n",
+            execs.display()
+        ),
+    );
+    let grpc = served.grpc.clone().expect("grpc");
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &grpc, "--suffix=-py"],
+    );
+    // The Executor is a fork of the zygote (its parent), not a child of its shim.
+    let tree = served.tree();
+    let zygote = *tree
+        .iter()
+        .find(|p| cmdline(**p).contains("zygote.py") && parent(**p) == Some(served.child.id()))
+        .expect("jc started a zygote");
+    let forked: Vec<u32> = tree
+        .iter()
+        .copied()
+        .filter(|p| parent(*p) == Some(zygote))
+        .collect();
+    assert_eq!(
+        forked.len(),
+        1,
+        "one replica, forked by the zygote: {tree:?}"
+    );
+    let shim = shim_pids(served.child.id())[0];
+    // Its shim dies: so does the Executor (the zygote holds the shim's connection as its
+    // lifeline), and the replica is replaced, forked again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+    wait_for(
+        "the Executor to die with its shim",
+        Duration::from_secs(30),
+        || (!pid_alive(forked[0])).then_some(()),
+    );
+    served.wait_replicas("a replacement", Duration::from_secs(120), |n| n == 1);
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &grpc, "--suffix=-py"],
+    );
+    assert!(
+        served
+            .tree()
+            .iter()
+            .any(|p| parent(*p) == Some(zygote) && *p != forked[0]),
+        "the replacement is forked too"
+    );
+    served.stop();
+
+    // An Executor that fails as it loads: its own traceback (written through the descriptors
+    // the shim handed over) and its exit reach the user as without the zygote.
+    std::fs::write(
+        dir.join("broken.py"),
+        "raise RuntimeError('zf-broken-on-purpose')\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("flow.yml"),
+        "jtype: Flow\nexecutors:\n  - name: broken\n    uses: Nothing\n    py_modules: [broken.py]\n",
+    )
+    .expect("write");
+    let out = Command::new(bin("jc"))
+        .args(["flow", "serve"])
+        .arg(dir.join("flow.yml"))
+        .env("PATH", path_with_venv())
+        .output()
+        .expect("run jc");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
+    assert!(all.contains("zf-broken-on-purpose"), "{all}");
+    assert!(stderr.contains("via_zygote=true"), "{stderr}");
+    assert!(
+        stderr.contains("error: Executor broken: its replicas failed 5 times in a row"),
+        "{stderr}"
     );
 }
 
