@@ -5,6 +5,9 @@
 //!   gRPC health says SERVING. The difference is what Zeroflow adds to a cold start (activator
 //!   queue and poke, autoscaler decision, runtime spawning the shim, the shim spawning and probing
 //!   the Executor, the release of the queued request and its first trip through the shim).
+//!   For a Python `jina executor` the replica is a fork of jc's zygote, which has imported jina
+//!   already: the "overhead" is then negative (Zeroflow wakes it faster than it starts alone),
+//!   and the same Executor started by its shim (`ZEROFLOW_ZYGOTE=0`) is measured next to it.
 //! - **burst**: many concurrent requests to a cold Flow at once: every one must be answered; the
 //!   peak memory of `jc` (gateway + activator + autoscaler in one process) and the time until the
 //!   last answer are reported.
@@ -130,10 +133,32 @@ fn kinds(bins: &Bins, runs_rust: usize, runs_python: usize) -> Result<Vec<Kind>>
             .map(String::from)
             .to_vec(),
             cwd: bins.dir.clone(),
-            jc_env: vec![("ZEROFLOW_JINA", jina.into_os_string()), ("PATH", path)],
+            jc_env: vec![
+                ("ZEROFLOW_JINA", jina.clone().into_os_string()),
+                ("PATH", path.clone()),
+            ],
             runs: runs_python,
             startup_deadline: Duration::from_secs(120),
         });
+        // The same, each replica a `jina executor` of its own (no zygote): the peer of the row
+        // above, in the same run.
+        let zygote = &out[1];
+        let own = Kind {
+            tag: "python-exec",
+            short: "Python, no zygote",
+            label: "Python `jina executor` started by its shim (ZEROFLOW_ZYGOTE=0)",
+            flow: zygote.flow.clone(),
+            alone: zygote.alone.clone(),
+            cwd: zygote.cwd.clone(),
+            jc_env: vec![
+                ("ZEROFLOW_JINA", jina.into_os_string()),
+                ("PATH", path),
+                ("ZEROFLOW_ZYGOTE", "0".into()),
+            ],
+            runs: runs_python,
+            startup_deadline: Duration::from_secs(120),
+        };
+        out.push(own);
     }
     Ok(out)
 }
