@@ -372,18 +372,29 @@ pub fn zygote_socket(opts: &LocalOptions) -> Option<PathBuf> {
         return None;
     }
     let interpreter = jina_interpreter(opts)?;
-    ZYGOTES
-        .lock()
-        .entry(interpreter.clone())
-        .or_insert_with(|| match start_zygote(&interpreter) {
+    let mut zygotes = ZYGOTES.lock();
+    let entry = zygotes.entry(interpreter.clone()).or_insert(None);
+    // None the first time, or after the zygote died (killed by hand, out of memory): start one.
+    let alive = entry
+        .as_mut()
+        .is_some_and(|z| matches!(z.process.try_wait(), Ok(None)));
+    if !alive {
+        if let Some(z) = entry.as_ref() {
+            tracing::warn!(socket = %z.socket.display(), "the zygote is gone; starting another");
+            // A zygote killed outright could not remove its folder.
+            if let Some(dir) = z.socket.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        *entry = match start_zygote(&interpreter) {
             Ok(z) => Some(z),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the zygote; Python Executors start without it");
                 None
             }
-        })
-        .as_ref()
-        .map(|z| z.socket.clone())
+        };
+    }
+    entry.as_ref().map(|z| z.socket.clone())
 }
 
 /// The interpreter (with its arguments) in the `#!` line of the `jina` console script.

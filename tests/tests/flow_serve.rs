@@ -218,6 +218,35 @@ fn python_executors_are_forked_from_the_zygote_and_die_with_their_shim() {
             .any(|p| parent(*p) == Some(zygote) && *p != forked[0]),
         "the replacement is forked too"
     );
+    // The zygote itself is killed: its forks die with it, and the replacement replica comes
+    // from a new zygote.
+    let replica = *served
+        .tree()
+        .iter()
+        .find(|p| parent(**p) == Some(zygote))
+        .expect("a fork");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+    wait_for(
+        "the fork to die with the zygote",
+        Duration::from_secs(30),
+        || (!pid_alive(replica)).then_some(()),
+    );
+    let again = wait_for("a new zygote's fork", Duration::from_secs(120), || {
+        served
+            .tree()
+            .into_iter()
+            .find(|p| parent(*p).is_some_and(|z| z != zygote && cmdline(z).contains("zygote.py")))
+    });
+    served.wait_replicas("the replica back", Duration::from_secs(120), |n| n == 1);
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &grpc, "--suffix=-py"],
+    );
+    assert!(pid_alive(again));
     served.stop();
 
     // An Executor that fails as it loads: its own traceback (written through the descriptors
