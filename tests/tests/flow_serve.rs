@@ -97,19 +97,26 @@ executors:
     served.stop();
 }
 
-#[test]
-fn a_bad_flow_is_refused_with_line_and_column() {
-    let dir = temp_dir("bad-flow");
-    std::fs::write(
-        dir.join("flow.yml"),
-        "jtype: Flow\nexecutors:\n  - name: e\n    jcloud:\n      autoscale:\n        min: 3\n        max: 1\n",
-    )
-    .expect("write");
-    let out = Command::new(bin("jc"))
+/// Writes `yaml` as `dir/flow.yml` and runs `jc flow serve` on it (with `env`) to its end, for
+/// Flows that cannot serve: its output.
+fn serve_to_end(dir: &std::path::Path, yaml: &str, env: &[(&str, &str)]) -> std::process::Output {
+    std::fs::write(dir.join("flow.yml"), yaml).expect("write the Flow");
+    Command::new(bin("jc"))
         .args(["flow", "serve"])
         .arg(dir.join("flow.yml"))
+        .env("PATH", path_with_venv())
+        .envs(env.iter().copied())
         .output()
-        .expect("run jc");
+        .expect("run jc")
+}
+
+#[test]
+fn a_bad_flow_is_refused_with_line_and_column() {
+    let out = serve_to_end(
+        &temp_dir("bad-flow"),
+        "jtype: Flow\nexecutors:\n  - name: e\n    jcloud:\n      autoscale:\n        min: 3\n        max: 1\n",
+        &[],
+    );
     assert_eq!(out.status.code(), Some(65), "bad input exits 65");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 7"), "names the line: {stderr}");
@@ -256,17 +263,11 @@ fn python_executors_are_forked_from_the_zygote_and_die_with_their_shim() {
         "raise RuntimeError('zf-broken-on-purpose')\n",
     )
     .expect("write");
-    std::fs::write(
-        dir.join("flow.yml"),
+    let out = serve_to_end(
+        &dir,
         "jtype: Flow\nexecutors:\n  - name: broken\n    uses: Nothing\n    py_modules: [broken.py]\n",
-    )
-    .expect("write");
-    let out = Command::new(bin("jc"))
-        .args(["flow", "serve"])
-        .arg(dir.join("flow.yml"))
-        .env("PATH", path_with_venv())
-        .output()
-        .expect("run jc");
+        &[],
+    );
     assert_eq!(out.status.code(), Some(69), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let all = format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
@@ -332,17 +333,11 @@ fn a_program_that_is_not_there_is_named_at_once() {
 
 #[test]
 fn an_executor_that_cannot_start_is_reported_with_its_output() {
-    let dir = temp_dir("crash-flow");
-    std::fs::write(
-        dir.join("flow.yml"),
+    let out = serve_to_end(
+        &temp_dir("crash-flow"),
         "jtype: Flow\nexecutors:\n  - name: crashy\n    command: zeroflow-test-executor --crash-after 1ms --startup-delay 50ms\n",
-    )
-    .expect("write");
-    let out = Command::new(bin("jc"))
-        .args(["flow", "serve"])
-        .arg(dir.join("flow.yml"))
-        .output()
-        .expect("run jc");
+        &[],
+    );
     assert_eq!(out.status.code(), Some(69), "cannot start exits 69");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // It is retried with backoff, then the Executor is marked failed with its own output.
@@ -361,18 +356,11 @@ fn an_executor_that_cannot_start_is_reported_with_its_output() {
 
 #[test]
 fn an_executor_that_keeps_crashing_while_serving_stops_the_flow() {
-    let dir = temp_dir("crash-later-flow");
-    std::fs::write(
-        dir.join("flow.yml"),
+    let out = serve_to_end(
+        &temp_dir("crash-later-flow"),
         "jtype: Flow\nexecutors:\n  - name: shaky\n    command: zeroflow-test-executor --crash-after 1500ms\n",
-    )
-    .expect("write");
-    let out = Command::new(bin("jc"))
-        .args(["flow", "serve"])
-        .arg(dir.join("flow.yml"))
-        .env("PATH", path_with_venv())
-        .output()
-        .expect("run jc");
+        &[],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

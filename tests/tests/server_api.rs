@@ -471,6 +471,29 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_changes_nothing() {
     server.stop();
 }
 
+/// Packs `src` (config.yml and appender.py) as the client does (.tar.gz) and pushes it with
+/// `POST /executors` and the form `fields`.
+fn push_folder(
+    server: &Server,
+    token: &str,
+    src: &std::path::Path,
+    fields: &[&str],
+) -> (u16, String, serde_json::Value) {
+    let archive = src.with_extension("tar.gz");
+    let st = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(src)
+        .args(["config.yml", "appender.py"])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let mut form: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+    form.push(format!("archive=@{}", archive.display()));
+    server.call("POST", "/executors", Some(token), Some(Body::Form(form)))
+}
+
 #[test]
 fn an_executor_pushed_through_the_api_runs_in_a_flow() {
     let data = temp_dir("server-push");
@@ -482,26 +505,7 @@ fn an_executor_pushed_through_the_api_runs_in_a_flow() {
     let py = zeroflow_tests::workspace_root().join("tests/python/executors");
     std::fs::copy(py.join("appender.py"), src.join("appender.py")).unwrap();
     std::fs::copy(py.join("appender.yml"), src.join("config.yml")).unwrap();
-    let archive = data.join("echo.tar.gz");
-    let st = std::process::Command::new("tar")
-        .arg("czf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&src)
-        .args(["config.yml", "appender.py"])
-        .status()
-        .expect("tar");
-    assert!(st.success());
-    let (s, ct, v) = server.call(
-        "POST",
-        "/executors",
-        Some(&token),
-        Some(Body::Form(vec![
-            "name=pushed".into(),
-            "tag=v1".into(),
-            format!("archive=@{}", archive.display()),
-        ])),
-    );
+    let (s, ct, v) = push_folder(&server, &token, &src, &["name=pushed", "tag=v1"]);
     assert_eq!((s, ct.as_str()), (201, "application/json"), "{v}");
     assert_eq!(v["uses"], "jinaai+docker://carol/pushed:v1");
     // A folder without config.yml is refused, naming the missing file.
@@ -549,25 +553,7 @@ fn an_executor_pushed_through_the_api_runs_in_a_flow() {
         "jtype: ShardReporter\npy_modules:\n  - appender.py\n",
     )
     .unwrap();
-    let archive = data.join("reporter.tar.gz");
-    let st = std::process::Command::new("tar")
-        .arg("czf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&src)
-        .args(["config.yml", "appender.py"])
-        .status()
-        .expect("tar");
-    assert!(st.success());
-    let (s, _, v) = server.call(
-        "POST",
-        "/executors",
-        Some(&token),
-        Some(Body::Form(vec![
-            "name=reporter".into(),
-            format!("archive=@{}", archive.display()),
-        ])),
-    );
+    let (s, _, v) = push_folder(&server, &token, &src, &["name=reporter"]);
     assert_eq!(s, 201, "{v}");
     let id = deploy(
         &server,
