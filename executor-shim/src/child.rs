@@ -221,10 +221,15 @@ impl Child {
                 _ => return Err(std::io::Error::other("the zygote did not answer")),
             };
         let Some(pid) = answer["pid"].as_i64() else {
-            return Err(std::io::Error::other(format!(
-                "the zygote refused: {}",
-                answer["error"].as_str().unwrap_or("no reason given")
-            )));
+            // A refusal is the zygote working as meant (this replica needs a fresh interpreter),
+            // told apart from failures by its kind.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!(
+                    "the zygote refused: {}",
+                    answer["error"].as_str().unwrap_or("no reason given")
+                ),
+            ));
         };
         let (tx, rx) = tokio::sync::watch::channel(None);
         // The connection is the child's lifeline: it stays open until the exit is reported

@@ -355,6 +355,10 @@ impl Shim {
                 .await
                 {
                     Ok(c) => Some(c),
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                        tracing::info!(replica = %config.replica, reason = %e, "starting the Executor directly");
+                        None
+                    }
                     Err(e) => {
                         tracing::warn!(replica = %config.replica, zygote = %z.display(), error = %e, "the zygote cannot fork the Executor; starting it directly");
                         None

@@ -280,6 +280,46 @@ fn python_executors_are_forked_from_the_zygote_and_die_with_their_shim() {
 }
 
 #[test]
+fn a_replica_whose_pythonpath_shadows_the_zygotes_modules_starts_fresh() {
+    // A project's own copy of a package the zygote has imported (here: the venv's filelock,
+    // linked into a folder on the Executor's PYTHONPATH) would lose to the zygote's: such a
+    // replica is started by its shim, as without a zygote, and serves.
+    let dir = temp_dir("zygote-shadow");
+    let deps = dir.join("deps");
+    std::fs::create_dir_all(&deps).expect("deps");
+    let site = std::fs::read_dir(workspace_root().join(".venv/lib"))
+        .expect("the venv")
+        .flatten()
+        .map(|e| e.path().join("site-packages"))
+        .find(|p| p.join("filelock").is_dir())
+        .expect("filelock in the venv");
+    std::os::unix::fs::symlink(site.join("filelock"), deps.join("filelock")).expect("link");
+    let execs = workspace_root().join("tests/python/executors");
+    let served = serve_flow(
+        &dir,
+        &format!(
+            "jtype: Flow\nexecutors:\n  - name: py\n    uses: {}/appender.yml\n    env:\n      PYTHONPATH: {}\n",
+            execs.display(),
+            deps.display()
+        ),
+    );
+    let grpc = served.grpc.clone().expect("grpc");
+    run_python(
+        "check_client.py",
+        &["single", "--grpc", &grpc, "--suffix=-py"],
+    );
+    let shim = shim_pids(served.child.id())[0];
+    let tree = served.tree();
+    assert!(
+        tree.iter()
+            .any(|p| parent(*p) == Some(shim) && cmdline(*p).contains("jina executor")),
+        "the Executor is the shim's own child: {:?}",
+        tree.iter().map(|p| cmdline(*p)).collect::<Vec<_>>()
+    );
+    served.stop();
+}
+
+#[test]
 fn a_program_that_is_not_there_is_named_at_once() {
     let dir = temp_dir("missing-program");
     let execs = workspace_root().join("tests/python/executors");
