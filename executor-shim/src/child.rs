@@ -242,7 +242,7 @@ impl Child {
                 _ => None,
             };
             // No report: the zygote died, and its children with it (parent-death signal).
-            let raw = status.unwrap_or(libc_sigkill()) as i32;
+            let raw = status.unwrap_or(killed_by_sigkill()) as i32;
             let _ = tx.send(Some(std::os::unix::process::ExitStatusExt::from_raw(raw)));
         });
         let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r.into())?;
@@ -293,7 +293,7 @@ impl Child {
 }
 
 /// The raw wait status of a process killed by SIGKILL.
-fn libc_sigkill() -> i64 {
+fn killed_by_sigkill() -> i64 {
     nix::sys::signal::Signal::SIGKILL as i64
 }
 

@@ -299,10 +299,6 @@ fn check_program(exec: &Executor, cmd: &[String], opts: &LocalOptions) -> Result
             hint: hint.into(),
         })
     };
-    let executable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
     if program.contains('/') {
         let path = opts.flow_dir.join(program);
         return if executable(&path) {
@@ -313,21 +309,31 @@ fn check_program(exec: &Executor, cmd: &[String], opts: &LocalOptions) -> Result
             fail("does not exist")
         };
     }
-    // The replica's own PATH: the Executor's `env`, else the Flow's, else this process's.
-    let path_var = exec
-        .env
-        .get("PATH")
-        .cloned()
-        .or_else(|| opts.env.get("PATH").cloned())
-        .or_else(|| std::env::var("PATH").ok())
-        .unwrap_or_default();
-    let found = std::env::split_paths(&path_var)
-        .any(|dir| executable(&opts.flow_dir.join(dir).join(program)));
-    if found {
-        Ok(())
-    } else {
-        fail("is not on PATH")
+    match locate(program, Some(exec), opts) {
+        Some(_) => Ok(()),
+        None => fail("is not on PATH"),
     }
+}
+
+fn executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `program` as a replica of `exec` would find it: a path (from the Flow's folder), else the
+/// first executable of that name on the replica's PATH (the Executor's `env`, else the Flow's,
+/// else this process's).
+fn locate(program: &str, exec: Option<&Executor>, opts: &LocalOptions) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(opts.flow_dir.join(program)).filter(|p| executable(p));
+    }
+    let path_var = exec
+        .and_then(|e| e.env.get("PATH").cloned())
+        .or_else(|| opts.env.get("PATH").cloned())
+        .or_else(|| std::env::var("PATH").ok())?;
+    std::env::split_paths(&path_var)
+        .map(|dir| opts.flow_dir.join(dir).join(program))
+        .find(|p| executable(p))
 }
 
 /// The zygote's program: see its docstring.
@@ -399,18 +405,7 @@ pub fn zygote_socket(opts: &LocalOptions) -> Option<PathBuf> {
 
 /// The interpreter (with its arguments) in the `#!` line of the `jina` console script.
 fn jina_interpreter(opts: &LocalOptions) -> Option<Vec<String>> {
-    let jina = if opts.jina.components().count() > 1 {
-        opts.flow_dir.join(&opts.jina)
-    } else {
-        let path = opts
-            .env
-            .get("PATH")
-            .cloned()
-            .or_else(|| std::env::var("PATH").ok())?;
-        std::env::split_paths(&path)
-            .map(|d| d.join(&opts.jina))
-            .find(|p| p.is_file())?
-    };
+    let jina = locate(&opts.jina.to_string_lossy(), None, opts)?;
     let text = std::fs::read_to_string(jina).ok()?;
     // Only pip's console script: anything else named `jina` may do more than Jina's CLI.
     if !text.contains("from jina_cli import main") {
