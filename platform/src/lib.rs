@@ -4,6 +4,8 @@
 
 pub mod artifacts;
 pub mod knative;
+pub mod kube;
 pub mod local;
+pub mod runtime;
 pub mod scaling;
 pub mod server;
