@@ -17,6 +17,7 @@ const AUTOSCALE_KEYS: &[&str] = &[
     "scale_down_delay",
     "stable_window",
     "revision_timeout",
+    "activation_scale",
 ];
 const RESOURCE_KEYS: &[&str] = &["instance", "storage"];
 const LEGACY_RESOURCE_KEYS: &[&str] = &["cpu", "memory"];
@@ -233,7 +234,7 @@ pub(crate) fn autoscale(
     if node.is_null() {
         return (a, true);
     }
-    if (Reader { d }).map(node, &path, "a mapping of min, max, metric, target, scale_down_delay, stable_window, revision_timeout").is_none() {
+    if (Reader { d }).map(node, &path, "a mapping of min, max, metric, target, scale_down_delay, stable_window, revision_timeout, activation_scale").is_none() {
         return (a, true);
     }
     d.unknown_keys(node, &path, &[AUTOSCALE_KEYS], "`jcloud.autoscale`");
@@ -369,7 +370,66 @@ pub(crate) fn autoscale(
         };
         d.error(at, &join_key(&path, field), msg);
     }
+    if let Some(n) = node.get("activation_scale") {
+        activation_scale(
+            n,
+            &path,
+            &mut a,
+            max_ok.then_some(max_node.is_some()),
+            cap,
+            d,
+        );
+    }
     (a, true)
+}
+
+/// `jcloud.autoscale.activation_scale`: how many replicas a wake-up from zero starts with
+/// (Knative's `autoscaling.knative.dev/activation-scale`). `max_given` is `None` when `max`
+/// itself was refused (no second error about it then), else whether `max` was written.
+fn activation_scale(
+    n: &Node,
+    path: &str,
+    a: &mut Autoscale,
+    max_given: Option<bool>,
+    cap: u32,
+    d: &mut Diags,
+) {
+    let field = join_key(path, "activation_scale");
+    let allowed = format!(
+        "an integer from 1 to max ({}), replicas a wake-up from zero starts with",
+        a.max.min(cap)
+    );
+    let Some(v) = (Reader { d }).u32(n, &field, 1, cap, &allowed) else {
+        return;
+    };
+    match max_given {
+        Some(given) if v > a.max => {
+            let hint = if given { "" } else { " (set `max` as well)" };
+            let which = if given { "max" } else { "the default max" };
+            d.error(
+                n,
+                &field,
+                format!(
+                    "got {v}, above {which} {}; allowed: 1 <= activation_scale <= max{hint}",
+                    a.max
+                ),
+            );
+            return;
+        }
+        None => return,
+        Some(_) => {}
+    }
+    a.activation_scale = v;
+    if matches!(a.metric, Metric::Cpu | Metric::Memory) && v > 1 {
+        d.warn(n, &field, "applies to metric concurrency and rps only (cpu and memory never scale to zero); ignored");
+        a.activation_scale = 1;
+    } else if v > 1 && v <= a.min {
+        d.warn(
+            n,
+            &field,
+            format!("{v} has no effect: min {} replicas always run", a.min),
+        );
+    }
 }
 
 /// `jcloud.resources` of an Executor or the gateway.

@@ -180,6 +180,14 @@ pub struct Autoscale {
     pub scale_down_delay: Duration,
     pub stable_window: Duration,
     pub revision_timeout: Duration,
+    /// Replicas a wake-up from zero starts with (Knative's `activation-scale`; a Zeroflow
+    /// extension of `jcloud.autoscale`). Left out of the output at its default, 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub activation_scale: u32,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl Default for Autoscale {
@@ -192,6 +200,7 @@ impl Default for Autoscale {
             scale_down_delay: Duration::from_secs(30),
             stable_window: Duration::from_secs(60),
             revision_timeout: Duration::from_secs(300),
+            activation_scale: 1,
         }
     }
 }
