@@ -42,6 +42,25 @@ impl Default for Limits {
     }
 }
 
+/// Sets the compressed size limit of [`Limits::from_env`].
+pub const MAX_ARCHIVE_BYTES_ENV: &str = "ZEROFLOW_MAX_ARCHIVE_BYTES";
+
+impl Limits {
+    /// The defaults with `ZEROFLOW_MAX_ARCHIVE_BYTES` (when set to a positive number) as the
+    /// compressed size limit: what `jc server` accepts, and so what a shim must accept too.
+    pub fn from_env() -> Limits {
+        let mut limits = Limits::default();
+        if let Some(n) = std::env::var(MAX_ARCHIVE_BYTES_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| *n > 0)
+        {
+            limits.max_compressed_bytes = n;
+        }
+        limits
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("archive is {size} bytes, over the limit of {limit} bytes (compressed)")]

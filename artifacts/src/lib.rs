@@ -6,12 +6,17 @@
 //! entry escape its folder or exhaust the disk. [`registry`] names things inside the store
 //! (`executors/<user>/<name>/<tag>.tar.gz`, `projects/<user>/<flow_id>.tar.gz`), validates what is
 //! pushed, and materializes it into a local cache folder that an Executor process can run from.
+//! [`digest`] names archives by content (`sha256:HEX`); [`requirements`] installs a project's
+//! `requirements.txt` with pip, for `jc server` and the executor-shim alike.
 //!
-//! This crate must not know about Flows, processes or HTTP: the control plane calls it, and every
-//! archive a user sends is unpacked only through [`archive::unpack`].
+//! This crate must not know about Flows or HTTP, and the only process it runs is pip: the control
+//! plane and the shim call it, and every archive a user sends is unpacked only through
+//! [`archive::unpack`].
 
 pub mod archive;
+pub mod digest;
 pub mod registry;
+pub mod requirements;
 mod s3;
 mod store;
 #[doc(hidden)]

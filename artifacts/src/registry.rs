@@ -5,7 +5,11 @@
 //! - `executors/<user>/<name>/<tag>.tar.gz` and `.json`: a pushed Executor folder (`config.yml` at
 //!   its root; `executor.py` and `requirements.txt` are optional);
 //! - `projects/<user>/<flow_id>.tar.gz` and `.json`: a deployed project folder as `jc new` lays it
-//!   out (`flow.yml`, `.env`, one folder per Executor).
+//!   out (`flow.yml`, `.env`, one folder per Executor);
+//! - `digests/sha256/<hex>/projects/<user>/<flow_id>.tar.gz`: an empty object saying which stored
+//!   project archive had that digest when it was pushed, so that an archive can be served by
+//!   content (to executor-shims on a cluster). Entries are hints: a reader checks the archive's
+//!   digest, and drops entries whose archive changed or went away.
 //!
 //! Materializing unpacks into `cache_dir/executors/<user>/<name>/<tag>/` or
 //! `cache_dir/projects/<user>/<flow_id>/` once per content: the record's SHA-256 is kept beside the
@@ -21,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::archive::{self, ArchiveError, Limits};
+use crate::digest::Sha256Digest;
 use crate::store::{ArtifactError, ArtifactStore};
 
 pub const DEFAULT_TAG: &str = "latest";
@@ -49,6 +54,8 @@ pub enum RegistryError {
     ExecutorNotFound(String),
     #[error("no project folder was deployed for Flow {flow_id} of user {user}")]
     ProjectNotFound { user: String, flow_id: String },
+    #[error("no stored project archive has digest {0} (its Flow was updated or removed)")]
+    DigestNotFound(Sha256Digest),
     #[error(transparent)]
     Store(#[from] ArtifactError),
     #[error("artifact record {key} is unreadable: {message}")]
@@ -450,7 +457,66 @@ impl Registry {
             key: key.clone(),
         };
         self.store_with_record(&key, checked.bytes, &record).await?;
+        self.index_digest(&record.sha256, &key).await?;
         Ok(record)
+    }
+
+    /// The digest of Flow `flow_id`'s stored project archive; None when it has none. Also makes
+    /// sure the archive can be found by that digest (archives pushed before the digest index
+    /// existed get their entry here).
+    pub async fn project_digest(
+        &self,
+        user: &str,
+        flow_id: &str,
+    ) -> Result<Option<Sha256Digest>, RegistryError> {
+        check_name("user", user)?;
+        check_name("Flow id", flow_id)?;
+        let key = Self::project_key(user, flow_id);
+        let rkey = record_key(&key);
+        let record = match self.store.get(&rkey).await {
+            Ok(r) => r,
+            Err(ArtifactError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let hex = parse_record::<DigestOnly>(&rkey, &record)?.sha256;
+        let digest = Sha256Digest::from_hex(&hex).map_err(|e| RegistryError::BadRecord {
+            key: rkey.clone(),
+            message: e.to_string(),
+        })?;
+        let entry = digest_index_key(&digest.hex(), &key);
+        if matches!(
+            self.store.get(&entry).await,
+            Err(ArtifactError::NotFound(_))
+        ) {
+            self.index_digest(&digest.hex(), &key).await?;
+        }
+        Ok(Some(digest))
+    }
+
+    /// The stored project archive whose bytes have `digest`, checked against it.
+    pub async fn project_by_digest(&self, digest: &Sha256Digest) -> Result<Bytes, RegistryError> {
+        let prefix = format!("{DIGEST_INDEX}/{}/", digest.hex());
+        for entry in self.store.list(&prefix).await? {
+            let Some(key) = entry.strip_prefix(&prefix) else {
+                continue;
+            };
+            match self.store.get(key).await {
+                Ok(bytes) if Sha256Digest::of(&bytes) == *digest => return Ok(bytes),
+                // Re-pushed with other content, or removed: the hint is stale.
+                Ok(_) | Err(ArtifactError::NotFound(_)) => {
+                    let _ = self.store.delete(&entry).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::DigestNotFound(*digest))
+    }
+
+    async fn index_digest(&self, hex: &str, key: &str) -> Result<(), RegistryError> {
+        self.store
+            .put(&digest_index_key(hex, key), Bytes::new())
+            .await?;
+        Ok(())
     }
 
     /// A local folder holding the Flow's project files, unpacked on first use.
@@ -523,6 +589,13 @@ impl Registry {
             .map_err(|e| cache_err(&target, e))??;
         Ok(target)
     }
+}
+
+/// Where the digest index lives in the store.
+const DIGEST_INDEX: &str = "digests/sha256";
+
+fn digest_index_key(hex: &str, archive_key: &str) -> String {
+    format!("{DIGEST_INDEX}/{hex}/{archive_key}")
 }
 
 fn record_key(archive_key: &str) -> String {

@@ -356,3 +356,72 @@ async fn projects() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn projects_by_digest() {
+    use zeroflow_artifacts::digest::Sha256Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry(tmp.path());
+    let src = project_folder();
+    let bytes = archive::pack_dir(src.path()).unwrap();
+    let digest = Sha256Digest::of(&bytes);
+    let rec = reg
+        .push_project("alice", "f1", bytes.clone())
+        .await
+        .unwrap();
+    assert_eq!(rec.sha256, digest.hex());
+    assert_eq!(reg.project_by_digest(&digest).await.unwrap(), bytes);
+    assert_eq!(
+        reg.project_digest("alice", "f1").await.unwrap(),
+        Some(digest)
+    );
+    assert_eq!(reg.project_digest("alice", "nope").await.unwrap(), None);
+
+    // The same bytes for another Flow: removing the first Flow's archive leaves the second's.
+    reg.push_project("bob", "f2", bytes.clone()).await.unwrap();
+    reg.store()
+        .delete(&Registry::project_key("alice", "f1"))
+        .await
+        .unwrap();
+    assert_eq!(reg.project_by_digest(&digest).await.unwrap(), bytes);
+
+    // Re-pushed with other content: the old digest is gone, and its stale hint with it.
+    write(src.path(), "executor1/executor.py", "# changed\n");
+    let newer = archive::pack_dir(src.path()).unwrap();
+    reg.push_project("bob", "f2", newer.clone()).await.unwrap();
+    let err = reg.project_by_digest(&digest).await.unwrap_err();
+    assert!(
+        matches!(err, RegistryError::DigestNotFound(d) if d == digest),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&digest.to_string()), "{err}");
+    let hints = reg
+        .store()
+        .list(&format!("digests/sha256/{}/", digest.hex()))
+        .await
+        .unwrap();
+    assert!(hints.is_empty(), "{hints:?}");
+    assert_eq!(
+        reg.project_by_digest(&Sha256Digest::of(&newer))
+            .await
+            .unwrap(),
+        newer
+    );
+
+    // A project pushed before the index existed is indexed when its digest is asked for.
+    let key = Registry::project_key("bob", "f2");
+    let hint = format!("digests/sha256/{}/{key}", Sha256Digest::of(&newer).hex());
+    reg.store().delete(&hint).await.unwrap();
+    assert!(
+        reg.project_by_digest(&Sha256Digest::of(&newer))
+            .await
+            .is_err()
+    );
+    reg.project_digest("bob", "f2").await.unwrap();
+    assert_eq!(
+        reg.project_by_digest(&Sha256Digest::of(&newer))
+            .await
+            .unwrap(),
+        newer
+    );
+}

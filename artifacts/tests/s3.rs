@@ -205,4 +205,12 @@ async fn registry_through_s3() {
     .unwrap();
     let pdir = reg.materialize_project("alice", "flow-1").await.unwrap();
     assert_eq!(std::fs::read_to_string(pdir.join(".env")).unwrap(), "A=1\n");
+    // ... and found by digest (the index entry is an empty object).
+    let digest = reg
+        .project_digest("alice", "flow-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let bytes = reg.project_by_digest(&digest).await.unwrap();
+    assert_eq!(zeroflow_artifacts::digest::Sha256Digest::of(&bytes), digest);
 }

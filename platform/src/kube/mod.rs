@@ -4,4 +4,5 @@
 //! replicas from EndpointSlices and scales Executors through their `scale` subresource. It must
 //! not decide scaling (the autoscaler does) nor parse Flow YAML by hand (the spec crate does).
 
+pub mod crd;
 pub mod names;

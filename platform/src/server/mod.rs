@@ -8,6 +8,7 @@ pub mod api;
 pub mod control;
 pub mod flows;
 pub mod jobs;
+pub mod kube_backend;
 pub mod names;
 pub mod openapi;
 pub mod project;
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     /// What an uploaded archive (a pushed Executor or a deployed project) may weigh.
     /// `ZEROFLOW_MAX_ARCHIVE_BYTES` sets the compressed size (default 100 MiB).
     pub archive_limits: zeroflow_artifacts::archive::Limits,
+    /// Run Flows on a Kubernetes cluster instead of this machine.
+    pub kubernetes: Option<kube_backend::KubeOptions>,
 }
 
 impl ServerConfig {
@@ -52,6 +55,7 @@ impl ServerConfig {
             startup_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
             archive_limits: archive_limits_from_env(),
+            kubernetes: None,
         }
     }
 
@@ -70,20 +74,14 @@ pub enum ServerError {
     DataDir(String),
     #[error("the API server failed: {0}")]
     Serve(String),
+    #[error(transparent)]
+    Kubernetes(#[from] kube_backend::KubeError),
 }
 
 /// [`Limits`](zeroflow_artifacts::archive::Limits) with `ZEROFLOW_MAX_ARCHIVE_BYTES` (when set
 /// to a number) as the compressed size limit.
 pub fn archive_limits_from_env() -> zeroflow_artifacts::archive::Limits {
-    let mut limits = zeroflow_artifacts::archive::Limits::default();
-    if let Some(n) = std::env::var("ZEROFLOW_MAX_ARCHIVE_BYTES")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|n| *n > 0)
-    {
-        limits.max_compressed_bytes = n;
-    }
-    limits
+    zeroflow_artifacts::archive::Limits::from_env()
 }
 
 /// The default data directory: `$ZEROFLOW_DATA_DIR`, else `~/.zeroflow`.
@@ -136,7 +134,21 @@ pub async fn run(
         registry: registry.clone(),
         fallback: resolver::DirResolver::new(cfg.data_dir.join("executors")),
     });
-    let ctrl = control::Controller::new(store, cfg, resolver, Some(registry));
+    let backend = match &cfg.kubernetes {
+        None => control::Backend::Local,
+        Some(opts) => {
+            let client = kube_backend::client().await?;
+            tracing::info!(
+                advertise = %opts.advertise_url,
+                "running Flows on Kubernetes"
+            );
+            control::Backend::Kubernetes(Arc::new(kube_backend::KubeBackend::new(
+                client,
+                opts.clone(),
+            )))
+        }
+    };
+    let ctrl = control::Controller::new(store, cfg, resolver, Some(registry), backend);
     let n = ctrl.restore()?;
     if n > 0 {
         tracing::info!("restarting {n} Flow(s) from the store");

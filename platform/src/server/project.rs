@@ -1,7 +1,8 @@
 //! Deployed project folders (`jc flow deploy DIR`: `flow.yml`, `.env`, one folder per Executor):
 //! checking an uploaded archive before anything is stored, the `.env` context the spec is loaded
 //! with, checking that the files a spec names are in the project, and installing the Executors'
-//! `requirements.txt` once per Flow into `<project>/.deps`.
+//! `requirements.txt` once per Flow into `<project>/.deps` (with
+//! [`zeroflow_artifacts::requirements`], which the executor-shim uses on a cluster too).
 //!
 //! Archives are unpacked only through [`zeroflow_artifacts::archive::unpack`] (the same checks and
 //! limits the registry applies); the registry then stores and materializes them.
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use zeroflow_artifacts::archive::{self, ArchiveError, Limits};
+use zeroflow_artifacts::requirements;
 use zeroflow_spec::{Flow, Uses};
 
 /// The folder a Flow runs from, and the `.env` values its spec is loaded with.
@@ -28,10 +30,6 @@ impl Project {
 
 /// Where installed requirements go, inside the project folder.
 pub const DEPS_DIR: &str = ".deps";
-/// Written into [`DEPS_DIR`] after a successful install: the requirements it installed.
-const DEPS_MARKER: &str = ".zeroflow-requirements";
-/// Lines of pip's output kept for the Flow's error.
-const PIP_TAIL: usize = 30;
 
 /// Why an uploaded project archive was refused.
 #[derive(Debug)]
@@ -245,24 +243,7 @@ fn config_py_modules(config: &Path) -> Vec<String> {
     }
 }
 
-/// The requirement lines of a `requirements.txt`: comments (whole-line and trailing ` #`) and
-/// blank lines dropped.
-pub fn requirement_lines(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| {
-            let l = l.trim();
-            if l.starts_with('#') {
-                return "";
-            }
-            match l.find(" #").or_else(|| l.find("\t#")) {
-                Some(i) => l[..i].trim(),
-                None => l,
-            }
-        })
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
+pub use zeroflow_artifacts::requirements::{python_for, python_path, requirement_lines};
 
 /// The non-empty `requirements.txt` files of the Flow's Executor folders (and the project root),
 /// each with its requirement lines, in a stable order.
@@ -276,57 +257,7 @@ pub fn requirement_files(flow: &Flow, dir: &Path) -> Vec<(PathBuf, Vec<String>)>
             folders.push(parent.to_path_buf());
         }
     }
-    folders.sort();
-    folders.dedup();
-    folders
-        .into_iter()
-        .filter_map(|f| {
-            let file = f.join("requirements.txt");
-            let lines = requirement_lines(&std::fs::read_to_string(&file).ok()?);
-            (!lines.is_empty()).then_some((file, lines))
-        })
-        .collect()
-}
-
-/// The Python that runs `jina`: `ZEROFLOW_PYTHON`, else the interpreter in the `jina` script's
-/// shebang, else `python3`.
-pub fn python_for(jina: &Path) -> PathBuf {
-    if let Some(p) = std::env::var_os("ZEROFLOW_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let fallback = PathBuf::from("python3");
-    let Some(script) = which(jina) else {
-        return fallback;
-    };
-    let Ok(text) = std::fs::read(&script) else {
-        return fallback;
-    };
-    let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
-    let Some(line) = std::str::from_utf8(first)
-        .ok()
-        .and_then(|l| l.strip_prefix("#!"))
-    else {
-        return fallback;
-    };
-    let mut words = line.split_whitespace();
-    match words.next() {
-        Some(prog) if prog.ends_with("/env") => words
-            .find(|w| !w.starts_with('-'))
-            .map(PathBuf::from)
-            .unwrap_or(fallback),
-        Some(prog) => PathBuf::from(prog),
-        None => fallback,
-    }
-}
-
-/// A program as the OS would find it: a path as is, a bare name on `PATH`.
-fn which(prog: &Path) -> Option<PathBuf> {
-    if prog.components().count() > 1 {
-        return prog.is_file().then(|| prog.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
+    requirements::requirement_files_in(folders)
 }
 
 /// Installs every requirement of the Flow's Executors into `<dir>/.deps` with
@@ -343,107 +274,15 @@ pub async fn install_requirements(
         return Ok(None);
     }
     let deps = dir.join(DEPS_DIR);
-    let marker = deps.join(DEPS_MARKER);
-    let want: String = files
-        .iter()
-        .map(|(f, lines)| {
-            let rel = f.strip_prefix(dir).unwrap_or(f);
-            format!("# {}\n{}\n", rel.display(), lines.join("\n"))
-        })
-        .collect();
-    if std::fs::read_to_string(&marker).is_ok_and(|have| have == want) {
-        return Ok(Some(deps));
-    }
-    let _ = std::fs::remove_dir_all(&deps);
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--target",
-    ])
-    .arg(&deps);
-    for (f, _) in &files {
-        cmd.arg("-r").arg(f);
-    }
-    cmd.current_dir(dir)
-        .env("PIP_NO_INPUT", "1")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let names = files
-        .iter()
-        .map(|(f, _)| f.strip_prefix(dir).unwrap_or(f).display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let out = match tokio::time::timeout(timeout, cmd.output()).await {
-        Err(_) => {
-            let _ = std::fs::remove_dir_all(&deps);
-            return Err(format!(
-                "installing the requirements ({names}) took longer than {timeout:?}"
-            ));
-        }
-        Ok(Err(e)) => {
-            return Err(format!(
-                "cannot run {} -m pip to install the requirements ({names}): {e}; \
-                 set ZEROFLOW_PYTHON to the Python that runs jina",
-                python.display()
-            ));
-        }
-        Ok(Ok(out)) => out,
-    };
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&deps);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(PIP_TAIL)..].join("\n");
-        return Err(format!(
-            "installing the requirements ({names}) failed: {} -m pip install exited with {}. \
-             Last lines of its output:\n{tail}",
-            python.display(),
-            out.status
-        ));
-    }
-    std::fs::create_dir_all(&deps)
-        .and_then(|_| std::fs::write(&marker, &want))
-        .map_err(|e| format!("cannot record the installed requirements: {e}"))?;
+    requirements::install(&files, dir, &deps, python, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Some(deps))
-}
-
-/// `PYTHONPATH` with `deps` first, then the server's own.
-pub fn python_path(deps: &Path) -> String {
-    let mut parts = vec![deps.to_path_buf()];
-    if let Some(p) = std::env::var_os("PYTHONPATH") {
-        parts.extend(std::env::split_paths(&p));
-    }
-    std::env::join_paths(parts)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| deps.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requirement_lines_skip_comments_and_blanks() {
-        assert!(requirement_lines("").is_empty());
-        assert!(requirement_lines("# only a comment\n\n   \n  # another\n").is_empty());
-        assert_eq!(
-            requirement_lines("six==1.16  # pinned\n\n# x\nrequests>=2\n-r other.txt\n"),
-            ["six==1.16", "requests>=2", "-r other.txt"]
-        );
-        // A URL fragment is not a comment.
-        assert_eq!(
-            requirement_lines("git+https://h/r.git#egg=x\n"),
-            ["git+https://h/r.git#egg=x"]
-        );
-    }
 
     #[test]
     fn dotenv_values() {
@@ -545,20 +384,6 @@ mod tests {
         .unwrap();
         assert_eq!(r, None);
         assert!(!d.join(DEPS_DIR).exists());
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn python_from_a_shebang() {
-        let d = temp("shebang");
-        let script = d.join("jina");
-        std::fs::write(&script, "#!/opt/venv/bin/python3.11\nimport sys\n").unwrap();
-        if std::env::var_os("ZEROFLOW_PYTHON").is_none() {
-            assert_eq!(python_for(&script), Path::new("/opt/venv/bin/python3.11"));
-            std::fs::write(&script, "#!/usr/bin/env python3\n").unwrap();
-            assert_eq!(python_for(&script), Path::new("python3"));
-            assert_eq!(python_for(&d.join("missing")), Path::new("python3"));
-        }
         let _ = std::fs::remove_dir_all(&d);
     }
 }
