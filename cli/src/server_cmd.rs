@@ -34,6 +34,24 @@ pub struct ServerArgs {
     /// How long a replica may take to finish its in-flight requests when stopping.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub drain_timeout: u64,
+    /// Where Flows run: `local` (processes on this machine) or `kubernetes` (the cluster of
+    /// $KUBECONFIG, else ~/.kube/config, else the one this pod runs in).
+    #[arg(long, value_enum, default_value_t = RuntimeArg::Local)]
+    pub runtime: RuntimeArg,
+    /// With `--runtime kubernetes`: the URL pods reach this server at (Executors fetch their
+    /// project folders from it). Default: http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// With `--runtime kubernetes`: do not run the Flow controller in this process (it runs
+    /// elsewhere in the cluster).
+    #[arg(long)]
+    pub no_controller: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeArg {
+    Local,
+    Kubernetes,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -111,10 +129,41 @@ async fn serve(args: ServerArgs) -> i32 {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    if args.runtime == RuntimeArg::Kubernetes {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
+        let advertise_url = match args.advertise_url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                u.trim_end_matches('/').to_string()
+            }
+            Some(u) => {
+                eprintln!("error: --advertise-url: got {u:?}, allowed: an http:// or https:// URL");
+                return EX_USAGE;
+            }
+            None => format!("http://{}:{port}", cfg.public_host),
+        };
+        cfg.kubernetes = Some(server::kube_backend::KubeOptions {
+            advertise_url,
+            run_controller: !args.no_controller,
+        });
+    } else if args.advertise_url.is_some() || args.no_controller {
+        eprintln!("error: --advertise-url and --no-controller need --runtime kubernetes");
+        return EX_USAGE;
+    }
     println!(
         "Zeroflow server: API at http://{addr}/ (data in {}); OpenAPI at /openapi.json",
         data_dir.display()
     );
+    if let Some(k) = &cfg.kubernetes {
+        println!(
+            "Flows run on Kubernetes; pods reach this server at {}{}",
+            k.advertise_url,
+            if k.run_controller {
+                ""
+            } else {
+                " (the Flow controller runs elsewhere)"
+            }
+        );
+    }
     println!(
         "Create a token with: jc server token create NAME --data-dir {}",
         data_dir.display()

@@ -54,6 +54,17 @@ pub fn executor_object(executor: &str, shard: Option<u32>) -> String {
     }
 }
 
+/// The Kubernetes Secret in a Flow's namespace that holds the `jc secret` named `name` (what
+/// `env_from_secret: {VAR: {name, key}}` reads). The same name `jc flow export` gives it.
+pub fn secret(name: &str) -> String {
+    dns_label(name, 253)
+}
+
+/// The Secret in a Flow's namespace holding (key [`ARTIFACT_TOKEN_KEY`]) the token its shims
+/// present to fetch the project archive from the control plane (env `ZEROFLOW_ARTIFACT_TOKEN`).
+pub const ARTIFACT_SECRET: &str = "zeroflow-artifact";
+pub const ARTIFACT_TOKEN_KEY: &str = "token";
+
 /// Deployment, Service, ServiceAccount, Role and RoleBinding of the Flow's gateway.
 pub const GATEWAY: &str = "gateway";
 

@@ -340,7 +340,7 @@ fn flow_json(c: &Controller, rec: &FlowRecord) -> Value {
     let spec = serde_yaml_ng::from_str::<Value>(&rec.spec)
         .unwrap_or_else(|_| Value::String(rec.spec.clone()));
     let alive = rec.phase == Phase::Serving;
-    json!({
+    let mut v = json!({
         "id": rec.id,
         "name": rec.name,
         "kind": kind_word(rec.kind),
@@ -363,7 +363,11 @@ fn flow_json(c: &Controller, rec: &FlowRecord) -> Value {
         "labels": rec.labels,
         "ctime": rec.ctime,
         "utime": rec.utime,
-    })
+    });
+    if let Some(x) = c.executor_status(rec) {
+        v["status"]["executors"] = x;
+    }
+    v
 }
 
 fn accepted(rec: &FlowRecord, c: &Controller) -> Response {
@@ -607,7 +611,7 @@ async fn handle(
         }
         Route::GatewayLogs(id) => {
             let rec = get_owned(c, user, Kind::Flow, &id)?;
-            reply(StatusCode::OK, json!({"logs": c.logs(&rec, None)}))
+            reply(StatusCode::OK, json!({"logs": c.logs(&rec, None).await}))
         }
         Route::ExecutorLogs(id, name) => {
             let rec = get_owned(c, user, Kind::Flow, &id)?;
@@ -617,7 +621,10 @@ async fn handle(
                     "no Executor named {name:?} in Flow {id}"
                 )));
             }
-            reply(StatusCode::OK, json!({"logs": c.logs(&rec, Some(&name))}))
+            reply(
+                StatusCode::OK,
+                json!({"logs": c.logs(&rec, Some(&name)).await}),
+            )
         }
         Route::DeploymentLogs(id) => {
             let rec = get_owned(c, user, Kind::Deployment, &id)?;
@@ -626,7 +633,10 @@ async fn handle(
                 .ok()
                 .and_then(|l| l.flow.executors.first().map(|e| e.name.clone()))
                 .unwrap_or_default();
-            reply(StatusCode::OK, json!({"logs": c.logs(&rec, Some(&name))}))
+            reply(
+                StatusCode::OK,
+                json!({"logs": c.logs(&rec, Some(&name)).await}),
+            )
         }
         Route::CreateSecret => {
             let m = read_json(req).await?;

@@ -6,6 +6,7 @@
 
 use super::ServerConfig;
 use super::flows::{FlowError, RunningFlow, bind_listeners, scheme};
+use super::kube_backend::{Intent, KubeBackend};
 use super::names;
 use super::project::{self, Project};
 use super::resolver::{ExecutorResolver, resolve_flow};
@@ -61,8 +62,16 @@ impl FlowCell {
     }
 }
 
+/// Where Flows run: this machine's processes, or a Kubernetes cluster (which the store's
+/// records are written to as `Flow` resources).
+pub enum Backend {
+    Local,
+    Kubernetes(Arc<KubeBackend>),
+}
+
 pub struct Controller {
     pub store: Arc<Store>,
+    pub backend: Backend,
     pub cfg: ServerConfig,
     pub resolver: Arc<dyn ExecutorResolver>,
     /// Where `POST /executors` pushes to (None: pushing is not available).
@@ -105,9 +114,11 @@ impl Controller {
         cfg: ServerConfig,
         resolver: Arc<dyn ExecutorResolver>,
         registry: Option<Arc<zeroflow_artifacts::registry::Registry>>,
+        backend: Backend,
     ) -> Arc<Self> {
         Arc::new(Controller {
             store: Arc::new(store),
+            backend,
             cfg,
             resolver,
             registry,
@@ -116,6 +127,18 @@ impl Controller {
             stopping: std::sync::atomic::AtomicBool::new(false),
             loaded: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn kube(&self) -> Option<&Arc<KubeBackend>> {
+        match &self.backend {
+            Backend::Local => None,
+            Backend::Kubernetes(k) => Some(k),
+        }
+    }
+
+    /// A line in Flow `id`'s event log (served as the gateway's log).
+    pub(super) fn event(&self, id: &str, line: impl AsRef<str>) {
+        self.cell(id).log(line);
     }
 
     fn cell(&self, id: &str) -> Arc<FlowCell> {
@@ -143,6 +166,10 @@ impl Controller {
         resolve_flow(&mut flow, user, self.resolver.as_ref())
             .await
             .map_err(SpecRejected::Unrunnable)?;
+        if self.kube().is_some() {
+            // The cluster's pods run the Executors, not this machine.
+            return Ok(flow);
+        }
         crate::local::LocalRuntime::new(
             &flow,
             self.local_options("check", project.map(|p| p.dir.as_path())),
@@ -270,7 +297,7 @@ impl Controller {
     }
 
     /// Removes a deleted Flow's project from the store and the local cache (best effort).
-    async fn forget_project(&self, user: &str, id: &str) {
+    pub(super) async fn forget_project(&self, user: &str, id: &str) {
         let Some(registry) = &self.registry else {
             return;
         };
@@ -308,13 +335,18 @@ impl Controller {
         let id = names::new_id();
         // Bound now so the ports are known (and kept) before the answer; the same sockets are
         // then handed to the gateway.
-        let listeners = bind_listeners(&flow, &self.cfg.host, &[], false, Duration::ZERO).await?;
+        // On Kubernetes the gateway's Service has the ports.
+        let listeners = match self.kube() {
+            None => Some(bind_listeners(&flow, &self.cfg.host, &[], false, Duration::ZERO).await?),
+            Some(_) => None,
+        };
         if let Some(s) = &staged {
             self.store_project(user, &id, s).await?;
         }
         drop(staged);
         let ports = listeners
             .iter()
+            .flatten()
             .filter_map(|(_, l)| l.local_addr().ok().map(|a| a.port()))
             .collect();
         let now = names::now_iso();
@@ -339,7 +371,7 @@ impl Controller {
         std::fs::create_dir_all(self.flow_dir(&id))
             .map_err(|e| DeployError::Internal(format!("cannot create the Flow's folder: {e}")))?;
         self.cell(&id).log(format!("deployed by {user}"));
-        self.launch(&id, Phase::Starting, Some(listeners));
+        self.carry_out(&id, Phase::Starting, Intent::Apply, listeners);
         Ok(rec)
     }
 
@@ -373,7 +405,7 @@ impl Controller {
         self.store
             .set_desired(&rec.id, Desired::Running, Phase::Updating)?;
         self.cell(&rec.id).log("spec updated");
-        self.launch(&rec.id, Phase::Updating, None);
+        self.carry_out(&rec.id, Phase::Updating, Intent::Apply, None);
         Ok(())
     }
 
@@ -382,7 +414,12 @@ impl Controller {
         self.store.set_desired(&rec.id, Desired::Running, phase)?;
         self.cell(&rec.id)
             .log(format!("restart requested ({})", phase.as_str()));
-        self.launch(&rec.id, Phase::Starting, None);
+        let intent = if phase == Phase::Pending {
+            Intent::Recreate
+        } else {
+            Intent::Restart
+        };
+        self.carry_out(&rec.id, Phase::Starting, intent, None);
         Ok(())
     }
 
@@ -411,18 +448,23 @@ impl Controller {
         };
         self.store.set_desired(&rec.id, Desired::Paused, phase)?;
         self.cell(&rec.id).log("pause requested");
-        self.launch(&rec.id, Phase::Paused, None);
+        self.carry_out(&rec.id, Phase::Paused, Intent::Apply, None);
         Ok(())
     }
 
-    /// DELETE: `Deleted` at once (the client's wait loop needs it), then everything stops.
+    /// DELETE: `Deleted` at once (the client's wait loop needs it), then everything stops. On
+    /// Kubernetes the phase turns Deleted once the Flow's namespace is gone.
     pub fn delete(self: &Arc<Self>, rec: &FlowRecord) -> Result<(), StoreError> {
-        self.store
-            .set_desired(&rec.id, Desired::Deleted, Phase::Deleted)?;
+        let phase = if self.kube().is_some() {
+            rec.phase
+        } else {
+            Phase::Deleted
+        };
+        self.store.set_desired(&rec.id, Desired::Deleted, phase)?;
         self.store.purge_flow_children(&rec.id)?;
         self.jobs.cancel_flow(&rec.id);
         self.cell(&rec.id).log("deleted");
-        self.launch(&rec.id, Phase::Deleted, None);
+        self.carry_out(&rec.id, Phase::Deleted, Intent::Remove, None);
         Ok(())
     }
 
@@ -449,6 +491,12 @@ impl Controller {
         }
         let cell = self.cell(&rec.id);
         cell.log(format!("{executor}: scale to {replicas} replica(s)"));
+        if let Some(k) = self.kube() {
+            return k
+                .scale(self, rec, &loaded.flow.executors[idx], replicas)
+                .await
+                .map_err(|e| DeployError::Internal(e.to_string()));
+        }
         if let Some(rt) = cell.last_runtime.lock().clone()
             && rec.desired == Desired::Running
         {
@@ -464,11 +512,20 @@ impl Controller {
         executor: &str,
     ) -> Result<(), DeployError> {
         let loaded = self.load_record(rec).map_err(SpecRejected::Invalid)?;
-        if !loaded.flow.executors.iter().any(|e| e.name == executor) {
+        let Some(e) = loaded.flow.executors.iter().find(|e| e.name == executor) else {
             return Err(DeployError::NoExecutor(executor.to_string()));
-        }
+        };
         let cell = self.cell(&rec.id);
         cell.log(format!("{executor}: restart"));
+        if let Some(k) = self.kube() {
+            let (k, rec, e) = (k.clone(), rec.clone(), e.clone());
+            tokio::spawn(async move {
+                if let Err(err) = k.restart_executor(&rec, &e).await {
+                    tracing::warn!(flow = %rec.id, error = %err, "cannot restart Executor {}", e.name);
+                }
+            });
+            return Ok(());
+        }
         let rt = cell.last_runtime.lock().clone();
         if let Some(rt) = rt {
             let executor = executor.to_string();
@@ -489,9 +546,20 @@ impl Controller {
         Ok(())
     }
 
-    /// Replica logs (`pod -> text`) of one Executor; the gateway's event log for None.
-    pub fn logs(&self, rec: &FlowRecord, executor: Option<&str>) -> BTreeMap<String, String> {
+    /// Replica logs (`pod -> text`) of one Executor; the gateway's event log for None (on
+    /// Kubernetes: the pods' logs, and the gateway pods' beside the event log).
+    pub async fn logs(&self, rec: &FlowRecord, executor: Option<&str>) -> BTreeMap<String, String> {
         let cell = self.cell(&rec.id);
+        if let Some(k) = self.kube() {
+            let events = cell
+                .events
+                .lock()
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n");
+            return k.logs(rec, executor, events).await;
+        }
         match executor {
             None => {
                 let text = cell
@@ -515,6 +583,12 @@ impl Controller {
     /// At start-up: every Flow that should run starts again on its ports; the rest keep their
     /// phase.
     pub fn restore(self: &Arc<Self>) -> Result<usize, StoreError> {
+        if let Some(k) = self.kube() {
+            // The cluster still runs them: adopt what it holds (in the background, as it may
+            // not answer yet).
+            k.start(self);
+            return Ok(0);
+        }
         let mut n = 0;
         for rec in self.store.list_flows(None, None)? {
             match rec.desired {
@@ -543,6 +617,9 @@ impl Controller {
     pub async fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(k) = self.kube() {
+            k.shutdown();
+        }
         let cells: Vec<Arc<FlowCell>> = self.cells.lock().values().cloned().collect();
         let stops = cells.into_iter().map(|c| async move {
             c.generation.send_modify(|g| *g += 1);
@@ -555,6 +632,21 @@ impl Controller {
     }
 
     // ---- the background work
+
+    /// Brings Flow `id` to what its record says: locally by a task that runs it here (see
+    /// [`Controller::launch`]), on Kubernetes by writing its Flow resource.
+    fn carry_out(
+        self: &Arc<Self>,
+        id: &str,
+        phase: Phase,
+        intent: Intent,
+        listeners: Option<Vec<(zeroflow_spec::Protocol, tokio::net::TcpListener)>>,
+    ) {
+        match &self.backend {
+            Backend::Local => self.launch(id, phase, listeners),
+            Backend::Kubernetes(k) => k.carry_out(self, id, intent),
+        }
+    }
 
     /// Starts a task that brings the Flow to what the store says it should be. `phase` is what
     /// it shows while starting (Starting, or Updating for an update).
@@ -760,6 +852,12 @@ impl Controller {
         Ok((rf, listeners))
     }
 
+    /// Per Executor shard, desired and ready replicas as the cluster reports them (None on
+    /// the local runtime, whose status does not list them).
+    pub fn executor_status(&self, rec: &FlowRecord) -> Option<serde_json::Value> {
+        self.kube()?.executors(rec)
+    }
+
     /// `status.endpoints`: the gateway's first protocol as `gateway` (deployments: the
     /// Executor's name), further protocols as `gateway-<protocol>`.
     pub fn endpoints(
@@ -767,6 +865,9 @@ impl Controller {
         rec: &FlowRecord,
         flow: Option<&Flow>,
     ) -> serde_json::Map<String, serde_json::Value> {
+        if let Some(k) = self.kube() {
+            return k.endpoints(rec, flow);
+        }
         let mut out = serde_json::Map::new();
         if rec.phase == Phase::Deleted {
             return out;
