@@ -224,6 +224,11 @@ pub fn python_path(deps: &Path) -> String {
         .unwrap_or_else(|_| deps.to_string_lossy().into_owned())
 }
 
+/// Whether `deps` holds exactly `files` (what [`install`] would reuse without running pip).
+pub fn is_installed(files: &[RequirementFile], project: &Path, deps: &Path) -> bool {
+    std::fs::read_to_string(deps.join(DEPS_MARKER)).is_ok_and(|have| have == wanted(files, project))
+}
+
 /// Installs `files` (from project folder `project`, pip's working folder) into `deps` with
 /// `python -m pip install --target`, unless `deps` already holds exactly them. The marker is
 /// written last, so a crash or a failure leaves a folder the next call installs again. Callers
@@ -235,11 +240,11 @@ pub async fn install(
     python: &Path,
     timeout: std::time::Duration,
 ) -> Result<Installed, RequirementsError> {
-    let marker = deps.join(DEPS_MARKER);
-    let want = wanted(files, project);
-    if std::fs::read_to_string(&marker).is_ok_and(|have| have == want) {
+    if is_installed(files, project, deps) {
         return Ok(Installed::Reused);
     }
+    let marker = deps.join(DEPS_MARKER);
+    let want = wanted(files, project);
     let _ = std::fs::remove_dir_all(deps);
     let mut cmd = tokio::process::Command::new(python);
     cmd.args([

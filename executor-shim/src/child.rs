@@ -75,6 +75,15 @@ impl Proc {
     }
 }
 
+/// Where the Executor starts and what it gets on top of the shim's environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Launch {
+    /// Its working folder (a fetched project); None: the shim's own.
+    pub cwd: Option<std::path::PathBuf>,
+    /// More environment (`PYTHONPATH` with a project's requirements).
+    pub env: Vec<(String, String)>,
+}
+
 /// The environment of the Executor process besides the shim's own.
 fn child_env(port: &str) -> Vec<(String, String)> {
     let mut env = vec![
@@ -109,12 +118,23 @@ fn read_stderr(
 impl Child {
     /// Starts `argv` with `{port}` in any argument replaced by `port`; the port is also in the
     /// environment as `ZEROFLOW_EXECUTOR_PORT`.
-    pub fn spawn(argv: &[String], port: u16, name: &str) -> Result<Self, ChildError> {
+    pub fn spawn(
+        argv: &[String],
+        port: u16,
+        name: &str,
+        launch: &Launch,
+    ) -> Result<Self, ChildError> {
         let (program, args) = argv.split_first().ok_or(ChildError::NoCommand)?;
         let port_s = port.to_string();
         let mut cmd = Command::new(program);
+        if let Some(dir) = &launch.cwd {
+            cmd.current_dir(dir);
+        }
         cmd.args(args.iter().map(|a| a.replace("{port}", &port_s)))
             .envs(child_env(&port_s))
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            // The token fetched the project; the Executor has no use for it.
+            .env_remove(crate::project::ARTIFACT_TOKEN_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
@@ -147,6 +167,7 @@ impl Child {
         argv: &[String],
         port: u16,
         name: &str,
+        launch: &Launch,
     ) -> std::io::Result<Self> {
         use std::io::Write;
         use std::os::fd::AsFd;
@@ -156,10 +177,16 @@ impl Child {
         let port_s = port.to_string();
         let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
         env.extend(child_env(&port_s));
+        env.extend(launch.env.iter().cloned());
+        env.remove(crate::project::ARTIFACT_TOKEN_ENV);
+        let cwd = match &launch.cwd {
+            Some(d) => d.clone(),
+            None => std::env::current_dir()?,
+        };
         let request = serde_json::json!({
             "argv": argv.iter().map(|a| a.replace("{port}", &port_s)).collect::<Vec<_>>(),
             "env": env,
-            "cwd": std::env::current_dir()?,
+            "cwd": cwd,
         });
         let body = serde_json::to_vec(&request)?;
         let mut frame = (body.len() as u32).to_be_bytes().to_vec();

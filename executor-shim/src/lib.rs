@@ -2,10 +2,12 @@
 //! it starts the Executor in its own process group, waits for gRPC health SERVING, proxies the
 //! Executor's RPCs, bounds concurrency with a breaker, measures time-weighted concurrency and
 //! request rate (`/stats`, `/metrics`), and drains on SIGTERM. It makes no scaling decisions.
+//! On a cluster it first fetches and prepares the Executor's project ([`project`]).
 
 pub mod child;
 mod metrics;
 pub mod passthrough;
+pub mod project;
 pub mod proxy;
 
 use anyhow::Context as _;
@@ -62,6 +64,9 @@ pub struct ShimConfig {
     /// The local runtime's zygote (a Unix socket) to fork the command from; None, or any
     /// failure there, starts the command itself.
     pub zygote: Option<std::path::PathBuf>,
+    /// A project archive to fetch and run the command in (its folder as working folder, its
+    /// requirements on `PYTHONPATH`), before the Executor starts.
+    pub project: Option<project::ProjectSource>,
 }
 
 impl Default for ShimConfig {
@@ -78,6 +83,7 @@ impl Default for ShimConfig {
             drain_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
             zygote: None,
+            project: None,
         }
     }
 }
@@ -201,6 +207,19 @@ enum Server {
     Passthrough(passthrough::Passthrough),
 }
 
+impl Server {
+    /// Stops at once: nothing was forwarded yet.
+    fn abort(self) {
+        match self {
+            Server::Grpc { stop_tx, task } => {
+                let _ = stop_tx.send(());
+                task.abort();
+            }
+            Server::Passthrough(p) => p.abort(),
+        }
+    }
+}
+
 /// Why the shim stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -210,6 +229,8 @@ pub enum Exit {
     ChildExited { status: String, stderr_tail: String },
     /// The Executor never became ready.
     NotReady { stderr_tail: String },
+    /// Its project could not be fetched or prepared; the Executor was not started.
+    ProjectFailed { message: String },
 }
 
 /// What the shim tells whoever started it, on stdout, once: a line the runtime reads so it learns
@@ -344,6 +365,44 @@ impl Shim {
             }
         });
 
+        tokio::pin!(shutdown);
+        // The project comes before the Executor; readiness stays false meanwhile, and the admin
+        // port already answers (a probe sees "not ready", not "refused").
+        let launch = match &config.project {
+            None => child::Launch::default(),
+            Some(src) => {
+                let prepared = tokio::select! {
+                    p = project::prepare(src, &config.command[0]) => p.map_err(Some),
+                    _ = &mut shutdown => Err(None),
+                };
+                match prepared {
+                    Ok(p) => child::Launch {
+                        env: p
+                            .deps
+                            .iter()
+                            .map(|d| {
+                                (
+                                    "PYTHONPATH".to_string(),
+                                    zeroflow_artifacts::requirements::python_path(d),
+                                )
+                            })
+                            .collect(),
+                        cwd: Some(p.dir),
+                    },
+                    Err(e) => {
+                        server.abort();
+                        reporter.abort();
+                        admin_server.abort();
+                        return Ok(match e {
+                            None => Exit::Drained,
+                            Some(e) => Exit::ProjectFailed {
+                                message: e.to_string(),
+                            },
+                        });
+                    }
+                }
+            }
+        };
         let forked = match &config.zygote {
             Some(z) => {
                 match child::Child::fork_from_zygote(
@@ -351,6 +410,7 @@ impl Shim {
                     &config.command,
                     child_port,
                     &config.replica,
+                    &launch,
                 )
                 .await
                 {
@@ -370,7 +430,7 @@ impl Shim {
         let via_zygote = forked.is_some();
         let mut child = match forked {
             Some(c) => c,
-            None => child::Child::spawn(&config.command, child_port, &config.replica)?,
+            None => child::Child::spawn(&config.command, child_port, &config.replica, &launch)?,
         };
         state.child_group.store(child.pid(), Ordering::Relaxed);
         tracing::info!(
@@ -385,7 +445,6 @@ impl Shim {
             config.ready_poll,
             config.startup_timeout,
         );
-        tokio::pin!(shutdown);
         let exit = tokio::select! {
             ready = readiness => {
                 if ready {

@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use std::time::Duration;
-use zeroflow_shim::{Exit, ProxyMode, Shim, ShimConfig};
+use zeroflow_artifacts::digest::Sha256Digest;
+use zeroflow_shim::{Exit, ProxyMode, Shim, ShimConfig, project};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +50,24 @@ struct Args {
     /// jina already imported); if it cannot, the command is started as usual.
     #[arg(long)]
     zygote: Option<std::path::PathBuf>,
+    /// Fetch the Executor's project archive from this URL (`Authorization: Bearer
+    /// $ZEROFLOW_ARTIFACT_TOKEN` when set), check it against --project-digest, unpack it, install
+    /// its requirements.txt files, and run the command in its folder. Done before the Executor
+    /// starts; the shim is not ready until the Executor serves.
+    #[arg(long, value_name = "URL", requires = "project_digest")]
+    project_url: Option<String>,
+    /// The SHA-256 the project archive must have.
+    #[arg(long, value_name = "sha256:HEX", requires = "project_url")]
+    project_digest: Option<Sha256Digest>,
+    /// Where fetched projects and installed requirements are kept, shared by the shims of a node
+    /// (default: /var/cache/zeroflow, or a folder under the temporary directory when that is not
+    /// writable).
+    #[arg(long, value_name = "DIR", env = project::PROJECT_CACHE_ENV)]
+    project_cache: Option<std::path::PathBuf>,
+    /// The longest the project download may take, retries included (the control plane may be
+    /// restarting).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    project_fetch_timeout: Duration,
     /// The Executor command, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -76,6 +95,13 @@ async fn main() {
         .replica
         .clone()
         .unwrap_or_else(|| format!("{}-0", args.executor));
+    let project = match project_source(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("zeroflow-shim: {e}");
+            std::process::exit(PROJECT_FAILED);
+        }
+    };
     let config = ShimConfig {
         executor: args.executor.clone(),
         replica,
@@ -87,6 +113,7 @@ async fn main() {
         startup_timeout: args.startup_timeout,
         stop_grace: args.stop_grace,
         zygote: args.zygote.clone(),
+        project,
         ..ShimConfig::default()
     };
     let code = match run(config, &args).await {
@@ -108,12 +135,40 @@ async fn main() {
             );
             4
         }
+        Ok(Exit::ProjectFailed { message }) => {
+            eprintln!(
+                "zeroflow-shim: the project of Executor {} is not ready, so it was not started: {message}",
+                args.executor
+            );
+            PROJECT_FAILED
+        }
         Err(e) => {
             eprintln!("zeroflow-shim: {e:#}");
             64
         }
     };
     std::process::exit(code);
+}
+
+/// Exit code when the project could not be fetched or prepared (the Executor never started).
+const PROJECT_FAILED: i32 = 5;
+
+fn project_source(args: &Args) -> Result<Option<project::ProjectSource>, project::ProjectError> {
+    let (Some(url), Some(digest)) = (&args.project_url, args.project_digest) else {
+        return Ok(None);
+    };
+    Ok(Some(project::ProjectSource {
+        url: url.clone(),
+        digest,
+        token: std::env::var(project::ARTIFACT_TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()),
+        cache: project::cache_dir(args.project_cache.clone())?,
+        fetch_timeout: args.project_fetch_timeout,
+        install_timeout: args.startup_timeout,
+        limits: zeroflow_artifacts::archive::Limits::from_env(),
+    }))
 }
 
 async fn run(config: ShimConfig, args: &Args) -> anyhow::Result<Exit> {
