@@ -7,7 +7,8 @@ export JINA_OPTOUT_TELEMETRY=1 NO_VERSION_CHECK=1
 bash scripts/setup-python.sh
 # A real S3-compatible server (s3rver) for the S3 artifact store tests.
 bash scripts/setup-s3.sh
-bash scripts/setup-kube-apiserver.sh
+# Kubernetes' own API server, controller manager and scheduler for the cluster tests (cold: ~12 min).
+bash scripts/setup-kube.sh
 # The end-to-end tests run the workspace's binaries (jc, zeroflow-shim, the test Executor).
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast

@@ -1,11 +1,10 @@
-//! A real Kubernetes API server for integration tests: Kubernetes' own CRD server
-//! (`apiextensions-apiserver`, built by `scripts/setup-kube-apiserver.sh`) on a private etcd, so
-//! that rendered manifests are checked by the real schema validation and server-side apply.
+//! A real Kubernetes API server for integration tests that need no nodes: Kubernetes' own
+//! `kube-apiserver` (built by `scripts/setup-kube.sh`) on a private etcd, so that rendered
+//! manifests are checked by the real schema validation, admission and server-side apply. It starts
+//! in seconds; tests that need Pods to run use the whole test cluster (`crate::cluster`).
 //!
-//! What it is not: it has CRDs and custom resources only, no core types (Namespace, Pod,
-//! Deployment), and serves no discovery at `/api` and `/apis` — use explicit `ApiResource`s
-//! (see [`api_resource`]) rather than `kube::Discovery`. Namespaced custom resources can be
-//! created in any namespace name: nothing checks that the namespace exists.
+//! What it is not: no controller manager, scheduler or node, so nothing reconciles what is
+//! applied (a Deployment stays a Deployment). Namespaces must exist before objects go into them.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -34,9 +33,23 @@ const CRD_DEADLINE: Duration = Duration::from_secs(60);
 /// The field manager of every server-side apply made here.
 pub const FIELD_MANAGER: &str = "zeroflow";
 
-/// The `apiextensions-apiserver` binary that `scripts/setup-kube-apiserver.sh` builds.
+/// The Kubernetes release the test binaries are built from (`scripts/setup-kube.sh`).
+pub const KUBE_VERSION: &str = "v1.36.3";
+
+/// Where `scripts/setup-kube.sh` keeps the Kubernetes binaries: a cache outside the checkout,
+/// keyed by version.
+pub fn kube_bin_dir() -> PathBuf {
+    let version = std::env::var("KUBE_VERSION").unwrap_or_else(|_| KUBE_VERSION.to_string());
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
+    cache.join("zeroflow/kube").join(version).join("bin")
+}
+
+/// The `kube-apiserver` binary that `scripts/setup-kube.sh` builds.
 pub fn binary_path() -> PathBuf {
-    workspace_root().join(".tools/bin/apiextensions-apiserver")
+    kube_bin_dir().join("kube-apiserver")
 }
 
 /// A running etcd plus `apiextensions-apiserver` on free loopback ports, with its own CA and an
@@ -53,7 +66,7 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Starts etcd and the server and waits until `/healthz` answers ok (up to 120 s).
+    /// Starts etcd and the server and waits until `/readyz` answers ok (up to 120 s).
     /// Must run inside a tokio runtime (`#[tokio::test]`).
     pub async fn start() -> Result<ApiServer> {
         // kube uses rustls. When the build enables both of rustls' providers (aws-sdk-s3 brings
@@ -65,13 +78,12 @@ impl ApiServer {
         let bin = binary_path();
         if !bin.exists() {
             bail!(
-                "{} is missing: run `bash scripts/setup-kube-apiserver.sh` (scripts/test.sh does)",
+                "{} is missing: run `bash scripts/setup-kube.sh` (scripts/test.sh does)",
                 bin.display()
             );
         }
-        let etcd_bin = which("etcd").ok_or_else(|| {
-            anyhow!("etcd is not on PATH: run `bash scripts/setup-kube-apiserver.sh`")
-        })?;
+        let etcd_bin = which("etcd")
+            .ok_or_else(|| anyhow!("etcd is not on PATH: run `bash scripts/setup-kube.sh`"))?;
 
         let dir = tempfile::Builder::new()
             .prefix("zeroflow-apiserver-")
@@ -116,21 +128,18 @@ impl ApiServer {
                 ))
                 .arg(format!("--client-ca-file={}", certs.ca.display()))
                 .arg(format!("--cert-dir={}", d.join("certs").display()))
-                // The server is built to sit behind a kube-apiserver and insists on a kubeconfig
-                // for it (else it looks for in-cluster config and exits). There is none: point
-                // them at this server itself. Client certificates are checked locally against
-                // --client-ca-file, and system:masters is allowed before any delegated check,
-                // so these kubeconfigs are never needed for our requests.
-                .arg(format!("--kubeconfig={kc}"))
-                .arg(format!("--authentication-kubeconfig={kc}"))
-                .arg("--authentication-skip-lookup")
-                .arg(format!("--authorization-kubeconfig={kc}"))
-                // These need core types (Namespaces, webhook configurations, FlowSchemas) that
-                // this server does not serve: enabled, they would refuse or stall requests.
-                .arg(
-                    "--disable-admission-plugins=NamespaceLifecycle,MutatingAdmissionPolicy,\
-                     MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook",
-                )
+                .arg(format!("--service-account-issuer={url}"))
+                .arg(format!(
+                    "--service-account-key-file={}",
+                    certs.sa_pub.display()
+                ))
+                .arg(format!(
+                    "--service-account-signing-key-file={}",
+                    certs.sa_key.display()
+                ))
+                // Only data in etcd: nothing routes to these addresses.
+                .arg("--service-cluster-ip-range=10.96.0.0/16")
+                .arg("--authorization-mode=Node,RBAC")
                 .arg("--enable-priority-and-fairness=false"),
             &d.join("apiserver.log"),
         );
@@ -166,8 +175,7 @@ impl ApiServer {
     }
 
     /// A kubeconfig for this server (admin client certificate, its CA), e.g. for
-    /// `kubectl --kubeconfig PATH get --raw /apis/GROUP/VERSION/namespaces/NS/PLURAL`. Only raw
-    /// paths work: `kubectl get KIND` and `kubectl apply` need the discovery this server lacks.
+    /// `kubectl --kubeconfig PATH apply -f FILE`.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
     }
@@ -288,6 +296,9 @@ impl ApiServer {
         map.entry("kind")
             .or_insert_with(|| api_resource.kind.clone().into());
 
+        if let Some(ns) = namespace {
+            self.ensure_namespace(ns).await?;
+        }
         let api: Api<DynamicObject> = match namespace {
             Some(ns) => Api::namespaced_with(self.client(), ns, api_resource),
             None => Api::all_with(self.client(), api_resource),
@@ -319,15 +330,32 @@ impl ApiServer {
         serde_json::to_value(stored).context("serializing the stored object")
     }
 
-    /// Polls `/healthz` until it answers "ok". `/readyz` never turns green on this server (its
-    /// post-start hooks wait for a core API that does not exist), so it is not used.
+    /// Creates the namespace `ns` unless it exists (the server's NamespaceLifecycle admission
+    /// refuses objects in a namespace that does not).
+    pub async fn ensure_namespace(&self, ns: &str) -> Result<()> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client());
+        let object = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+        });
+        api.patch(
+            ns,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("creating the namespace {ns}"))?;
+        Ok(())
+    }
+
+    /// Polls `/readyz` until it answers "ok": ready means the post-start hooks have run (the
+    /// default namespaces and RBAC roles exist), so the first request of a test is served.
     async fn wait_healthy(&mut self) -> Result<()> {
         let end = Instant::now() + START_DEADLINE;
         let mut backoff = Backoff::new();
         loop {
             for (what, child, log) in [
                 ("etcd", &mut self.etcd, "etcd.log"),
-                ("apiextensions-apiserver", &mut self.server, "apiserver.log"),
+                ("kube-apiserver", &mut self.server, "apiserver.log"),
             ] {
                 if let Some(status) = child.try_wait()? {
                     bail!(
@@ -336,7 +364,7 @@ impl ApiServer {
                     );
                 }
             }
-            let req = http::Request::get("/healthz").body(Vec::new())?;
+            let req = http::Request::get("/readyz").body(Vec::new())?;
             let last = match self.client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => return Ok(()),
                 Ok(body) => format!("answered {body:?}"),
@@ -344,7 +372,7 @@ impl ApiServer {
             };
             if Instant::now() >= end {
                 bail!(
-                    "apiextensions-apiserver not healthy after {START_DEADLINE:?} (last: {last}); \
+                    "kube-apiserver not ready after {START_DEADLINE:?} (last: {last}); \
                      apiserver.log:\n{}\netcd.log:\n{}",
                     tail(&self.dir.path().join("apiserver.log")),
                     tail(&self.dir.path().join("etcd.log"))
@@ -402,6 +430,9 @@ struct Certs {
     serving_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    /// Signs ServiceAccount tokens; `sa_pub` verifies them.
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
 }
 
 impl Certs {
@@ -422,13 +453,12 @@ impl Certs {
         let mut serving = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?;
         serving
             .distinguished_name
-            .push(DnType::CommonName, "apiextensions-apiserver");
+            .push(DnType::CommonName, "kube-apiserver");
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_key = KeyPair::generate()?;
         let serving_cert = serving.signed_by(&serving_key, &ca)?;
 
-        // The server has no authorizer but its built-in one, which allows the group
-        // system:masters and nobody else (there is no core API for SubjectAccessReviews).
+        // An admin: RBAC lets the group system:masters do anything.
         let mut client = CertificateParams::new(Vec::<String>::new())?;
         client
             .distinguished_name
@@ -447,13 +477,18 @@ impl Certs {
             serving_key: dir.join("serving.key"),
             client_cert: dir.join("admin.crt"),
             client_key: dir.join("admin.key"),
+            sa_key: dir.join("service-account.key"),
+            sa_pub: dir.join("service-account.pub"),
         };
+        let sa_key = KeyPair::generate()?;
         for (path, pem) in [
             (&certs.ca, ca.pem()),
             (&certs.serving_cert, serving_cert.pem()),
             (&certs.serving_key, serving_key.serialize_pem()),
             (&certs.client_cert, client_cert.pem()),
             (&certs.client_key, client_key.serialize_pem()),
+            (&certs.sa_key, sa_key.serialize_pem()),
+            (&certs.sa_pub, sa_key.public_key_pem()),
         ] {
             std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
         }

@@ -1,7 +1,7 @@
 //! Knative Services against a real Kubernetes API server: registers Knative's own Service CRD
-//! (`serving.knative.dev/v1`, from the knative/serving repository) on `apiextensions-apiserver`
-//! and checks that it stores a valid Service and refuses invalid ones by field name.
-//! Needs `bash scripts/setup-kube-apiserver.sh` (scripts/test.sh runs it).
+//! (`serving.knative.dev/v1`, from the knative/serving repository) on Kubernetes' own
+//! `kube-apiserver` and checks that it stores a valid Service and refuses invalid ones by field
+//! name. Needs `bash scripts/setup-kube.sh` (scripts/test.sh runs it).
 
 use serde_json::json;
 use zeroflow_tests::apiserver::ApiServer;
@@ -39,8 +39,7 @@ async fn knative_service_crd_validates_services() {
     assert_eq!(ksvc.api_version, "serving.knative.dev/v1");
     assert_eq!(ksvc.kind, "Service");
 
-    // The CRD server has no Namespace type, and nothing checks that a namespace exists: a made-up
-    // one works, like "default".
+    // apply_strict creates the namespace first, as the server requires.
     let ns = "zeroflow-users";
     let stored = server
         .apply_strict(&ksvc, Some(ns), service("hello"))
