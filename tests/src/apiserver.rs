@@ -52,7 +52,7 @@ pub fn binary_path() -> PathBuf {
     kube_bin_dir().join("kube-apiserver")
 }
 
-/// A running etcd plus `apiextensions-apiserver` on free loopback ports, with its own CA and an
+/// A running etcd plus `kube-apiserver` on free loopback ports, with its own CA and an
 /// admin client certificate. Dropping it kills both process groups and removes its files.
 pub struct ApiServer {
     etcd: Child,
