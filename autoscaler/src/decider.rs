@@ -15,7 +15,7 @@ use zeroflow_spec::Metric;
 use crate::config::AutoscalerConfig;
 use crate::hpa::{self, HpaInputs, HpaState};
 use crate::kpa::{self, DeciderState, Inputs};
-use crate::scaling::{Decision, ScalingSpec};
+use crate::scaling::{Decision, NoDecision, ScalingSpec};
 use crate::window::Window;
 
 /// One replica's resource usage, measured by its shim from the Executor's process tree.
@@ -69,6 +69,10 @@ struct Executor {
     last_traffic: Option<Instant>,
     activator_in_path: bool,
     state: State,
+    /// The last replica whose stats could not be read, and why.
+    scrape_failure: Option<(String, String)>,
+    /// Why the last tick could not decide, so that a lasting reason is logged once.
+    no_decision: Option<NoDecision>,
 }
 
 impl Executor {
@@ -80,6 +84,8 @@ impl Executor {
             activator_in_path: true,
             state: State::new(&spec, now, current),
             spec,
+            scrape_failure: None,
+            no_decision: None,
         }
     }
 
@@ -211,6 +217,24 @@ impl Autoscaler {
         traffic && ex.state.last_desired() == 0
     }
 
+    /// The stats of one of `executor`'s replicas could not be read this second (a failed scrape;
+    /// `replica` names it, e.g. by its admin address). That second is left out of the averages,
+    /// and a tick whose latest second is incomplete gives no decision: the load is unknown, not
+    /// zero.
+    pub fn record_scrape_failure(
+        &mut self,
+        executor: &str,
+        replica: &str,
+        reason: &str,
+        now: Instant,
+    ) {
+        let Some(ex) = self.executors.get_mut(executor) else {
+            return;
+        };
+        ex.window.record_missing(now);
+        ex.scrape_failure = Some((replica.to_string(), reason.to_string()));
+    }
+
     /// Records one replica's resource usage; ignored unless the Executor scales on cpu or memory.
     pub fn record_resources(&mut self, executor: &str, sample: &ResourceSample, now: Instant) {
         let Some(ex) = self.executors.get_mut(executor) else {
@@ -233,12 +257,23 @@ impl Autoscaler {
         if ex.state.last_desired() != 0 {
             return None;
         }
-        // A cold Executor has no ready replica to count.
-        Some(self.decide(executor, now, 0, true))
+        // A cold Executor has no ready replica to count, and the waiting request is the data.
+        Some(self.decide(executor, now, Ok(0), true))
     }
 
-    /// Runs every decider once. Returns every decision, changed or not (`Decision::changed`).
+    /// Runs every decider once, with ready counts that are always known. Returns every
+    /// decision, changed or not (`Decision::changed`).
     pub fn tick(&mut self, now: Instant, ready: &dyn Fn(&str) -> u32) -> Vec<(String, Decision)> {
+        self.tick_checked(now, &|e| Ok(ready(e)))
+    }
+
+    /// Runs every decider once. An Executor whose ready count cannot be read, or whose stats are
+    /// missing, gets no decision (`Decision::no_decision`): its scale is kept.
+    pub fn tick_checked(
+        &mut self,
+        now: Instant,
+        ready: &dyn Fn(&str) -> Result<u32, ReadyCountError>,
+    ) -> Vec<(String, Decision)> {
         self.executors()
             .into_iter()
             .map(|name| {
@@ -248,12 +283,83 @@ impl Autoscaler {
             .collect()
     }
 
-    fn decide(&mut self, executor: &str, now: Instant, ready: u32, poked: bool) -> Decision {
+    /// The count a panicking decider holds `executor` at, `None` outside panic mode.
+    pub fn panic_hold(&self, executor: &str) -> Option<u32> {
+        match &self.executors.get(executor)?.state {
+            State::Kpa(s) => s.panic_hold(),
+            State::Hpa(_) => None,
+        }
+    }
+
+    /// Why `executor` cannot be decided for at `now`, checked in Knative's order: the ready
+    /// count, then the metric. A poke needs neither: the waiting request is the demand.
+    fn no_decision(
+        ex: &Executor,
+        ready: &Result<u32, ReadyCountError>,
+        now: Instant,
+    ) -> Option<NoDecision> {
+        if let Err(e) = ready {
+            return Some(NoDecision::ReadyUnknown {
+                reason: e.to_string(),
+            });
+        }
+        if ex.window.is_empty(now, ex.spec.stable_window) {
+            return Some(NoDecision::NoData {
+                window: ex.spec.stable_window,
+            });
+        }
+        if ex.window.latest_incomplete(now) {
+            let (replica, reason) = ex
+                .scrape_failure
+                .clone()
+                .unwrap_or_else(|| ("a replica".into(), "no stats".into()));
+            return Some(NoDecision::ScrapeFailed { replica, reason });
+        }
+        None
+    }
+
+    fn decide(
+        &mut self,
+        executor: &str,
+        now: Instant,
+        ready: Result<u32, ReadyCountError>,
+        poked: bool,
+    ) -> Decision {
         let cfg = &self.cfg;
         let ex = self
             .executors
             .get_mut(executor)
             .expect("callers look the executor up first");
+        let why = if poked {
+            None
+        } else {
+            Self::no_decision(ex, &ready, now)
+        };
+        if let Some(why) = why {
+            let last = ex.state.last_desired();
+            let panic = matches!(&ex.state, State::Kpa(s) if s.in_panic());
+            let d = Decision::none(last, &ex.spec, panic, why.clone());
+            match &mut ex.state {
+                State::Kpa(s) => s.keep(d.desired),
+                State::Hpa(s) => s.keep(d.desired),
+            }
+            let same_kind = ex
+                .no_decision
+                .as_ref()
+                .is_some_and(|w| std::mem::discriminant(w) == std::mem::discriminant(&why));
+            // Knative logs "no data yet" at debug: every new Executor starts that way.
+            if same_kind || matches!(why, NoDecision::NoData { .. }) {
+                tracing::debug!(executor, reason = %d.reason, "no scaling decision");
+            } else {
+                tracing::warn!(executor, reason = %d.reason, "no scaling decision");
+            }
+            ex.no_decision = Some(why);
+            return d;
+        }
+        if let Some(was) = ex.no_decision.take() {
+            tracing::info!(executor, after = %was, "scaling decisions resume");
+        }
+        let ready = ready.unwrap_or(0);
         let panic_window = ex.spec.panic_window(cfg);
         let (decision, stable_avg, panic_avg) = match &ex.state {
             State::Kpa(state) => {
@@ -303,9 +409,15 @@ pub trait Scaler: Send + Sync {
     /// Sets the replica count of `executor`. Called only when the desired count changes; should
     /// return quickly (record the target and converge in the background), as the loop waits.
     async fn scale(&self, executor: &str, desired: u32, decision: &Decision);
-    /// Replicas of `executor` that are ready to serve now.
-    fn ready_replicas(&self, executor: &str) -> u32;
+    /// Replicas of `executor` that are ready to serve now, or why that cannot be read (then the
+    /// tick gives no decision for it, as Knative's does).
+    fn ready_replicas(&self, executor: &str) -> Result<u32, ReadyCountError>;
 }
+
+/// The runtime could not read how many replicas of an Executor are ready.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ReadyCountError(pub String);
 
 /// Ticks every decider each `tick_interval` of the autoscaler's config, and decides at once for
 /// each poked Executor (the names the activator sends when a request finds an Executor cold).
@@ -327,7 +439,7 @@ pub async fn run(
             _ = ticks.tick() => {
                 let names = autoscaler.lock().executors();
                 // Asked outside the lock, so that a Scaler may consult the autoscaler.
-                let ready: HashMap<String, u32> = names
+                let ready: HashMap<String, Result<u32, ReadyCountError>> = names
                     .into_iter()
                     .map(|n| {
                         let r = scaler.ready_replicas(&n);
@@ -337,7 +449,7 @@ pub async fn run(
                 let now = Instant::now();
                 autoscaler
                     .lock()
-                    .tick(now, &|e| ready.get(e).copied().unwrap_or(0))
+                    .tick_checked(now, &|e| ready.get(e).cloned().unwrap_or(Ok(0)))
             }
             poke = pokes.recv(), if pokes_open => match poke {
                 Some(executor) => {

@@ -38,6 +38,11 @@ impl HpaState {
     pub fn last_desired(&self) -> u32 {
         self.last_desired
     }
+
+    /// A tick without a decision kept `n` (the last count, within the spec's bounds).
+    pub(crate) fn keep(&mut self, n: u32) {
+        self.last_desired = n;
+    }
 }
 
 pub fn decide(
@@ -86,6 +91,7 @@ pub fn decide(
         },
         activator_in_path: cfg.target_burst_capacity < 0.0 || input.ready == 0,
         reason,
+        no_decision: None,
     };
     st.last_desired = desired;
     (decision, st)

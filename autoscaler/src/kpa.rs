@@ -38,8 +38,9 @@ pub struct DeciderState {
     panic_since: Option<Instant>,
     /// The highest desired count of the current panic.
     max_panic: u32,
-    /// Desired counts of the last `scale_down_delay`, newest last.
-    delay_history: VecDeque<(Instant, u32)>,
+    /// Held counts of the last `scale_down_delay`, newest last, each with the index of its tick
+    /// interval since `started` (Knative's `max.TimeWindow`, which buckets by tick).
+    delay_history: VecDeque<(u64, u32)>,
     last_desired: u32,
     /// The first tick of the current run of ticks that wanted zero.
     zero_wanted_since: Option<Instant>,
@@ -54,7 +55,8 @@ impl DeciderState {
         DeciderState {
             started: now,
             panic_since: restarting.then_some(now),
-            max_panic: if restarting { current } else { 0 },
+            // Knative seeds the hold with the current count whether or not it panics.
+            max_panic: current,
             delay_history: VecDeque::new(),
             last_desired: current,
             zero_wanted_since: None,
@@ -65,8 +67,19 @@ impl DeciderState {
         self.last_desired
     }
 
+    /// A tick without a decision kept `n` (the last count, within the spec's bounds).
+    pub(crate) fn keep(&mut self, n: u32) {
+        self.last_desired = n;
+    }
+
     pub fn in_panic(&self) -> bool {
         self.panic_since.is_some()
+    }
+
+    /// While in panic mode: the count the panic holds (the highest panic candidate so far);
+    /// decisions do not go below it, within the spec's max.
+    pub fn panic_hold(&self) -> Option<u32> {
+        self.in_panic().then_some(self.max_panic)
     }
 
     /// At zero: the next request needs a poke to get a replica.
@@ -75,16 +88,28 @@ impl DeciderState {
     }
 }
 
-/// One KPA decision. See autoscaling.md for the reference pseudo-code this follows line by line.
-pub fn decide(
+/// What Knative's `Scale()` gives for one tick, before Zeroflow applies the spec's bounds and the
+/// scale-to-zero gate (which Knative applies in its KPA reconciler).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Scaled {
+    desired: u32,
+    panicking: bool,
+    dspc: f64,
+    dppc: f64,
+    max_up: f64,
+    max_down: f64,
+}
+
+/// Knative's `Scale()`, step for step: rate-limited stable and panic counts, the activation
+/// scale, panic mode and its hold, then the scale-down-delay window over the held count.
+fn scale(
     input: &Inputs,
     spec: &ScalingSpec,
     cfg: &AutoscalerConfig,
-    state: &DeciderState,
+    st: &mut DeciderState,
     now: Instant,
-) -> (Decision, DeciderState) {
-    let mut st = state.clone();
-    let mut notes = String::new();
+    notes: &mut String,
+) -> Scaled {
     let target = spec.target_value(cfg);
     let ready = f64::from(input.ready.max(1));
 
@@ -94,8 +119,20 @@ pub fn decide(
     let dspc = (input.stable_avg.max(0.0) / target).ceil();
     let dppc = (input.panic_avg.max(0.0) / target).ceil();
     // `as u32` saturates, so an absurd load cannot wrap around.
-    let stable_pods = dspc.max(max_down).min(max_up) as u32;
-    let panic_pods = dppc.max(max_down).min(max_up) as u32;
+    let mut stable_pods = dspc.max(max_down).min(max_up) as u32;
+    let mut panic_pods = dppc.max(max_down).min(max_up) as u32;
+
+    // Any demand at all gets at least the activation scale; none lets it go (to zero too).
+    let activation = spec.activation_scale;
+    if activation > 1 {
+        if dspc > 0.0 && stable_pods < activation {
+            stable_pods = activation;
+            let _ = write!(notes, "; activation scale {activation}");
+        }
+        if dppc > 0.0 && panic_pods < activation {
+            panic_pods = activation;
+        }
+    }
 
     let over = dppc / ready >= cfg.panic_threshold_percentage / 100.0;
     if over {
@@ -109,18 +146,28 @@ pub fn decide(
     }
     let panicking = st.panic_since.is_some();
 
-    let mut desired = if panicking {
-        // The stable window can be the larger in some edge cases; provision for both.
-        stable_pods.max(panic_pods)
-    } else {
-        stable_pods
-    };
+    let mut desired = stable_pods;
+    if panicking {
+        // The stable window can be the larger in some edge cases; provision for both. The hold
+        // rises only from this candidate, and the delay window below records the held count.
+        desired = stable_pods.max(panic_pods);
+        if desired < st.max_panic {
+            let _ = write!(notes, "; panic keeps {}", st.max_panic);
+        }
+        st.max_panic = st.max_panic.max(desired);
+        desired = st.max_panic;
+    }
 
     if !spec.scale_down_delay.is_zero() {
         let delay = spec.scale_down_delay;
+        // A count stays for the delay rounded up to whole ticks; a poke between ticks shares
+        // its tick's bucket, as in Knative.
+        let tick = cfg.tick_interval.as_nanos().max(1);
+        let buckets = delay.as_nanos().div_ceil(tick);
+        let index = (now.saturating_duration_since(st.started).as_nanos() / tick) as u64;
         st.delay_history
-            .retain(|(t, _)| now.saturating_duration_since(*t) < delay);
-        st.delay_history.push_back((now, desired));
+            .retain(|(i, _)| u128::from(index.saturating_sub(*i)) < buckets);
+        st.delay_history.push_back((index, desired));
         let held = st
             .delay_history
             .iter()
@@ -137,20 +184,45 @@ pub fn decide(
         desired = held;
     }
 
-    if panicking {
-        // Applied after the delay window so that desired never drops during one panic, even when
-        // an older, higher count slides out of the delay window.
-        if desired < st.max_panic {
-            let _ = write!(notes, "; panic keeps {}", st.max_panic);
-        }
-        desired = desired.max(st.max_panic);
-        st.max_panic = desired;
+    Scaled {
+        desired,
+        panicking,
+        dspc,
+        dppc,
+        max_up,
+        max_down,
     }
+}
 
-    if desired == 0 && (input.poked || input.stable_avg > 0.0 || input.panic_avg > 0.0) {
-        // A poke arrives before any stat has filled a window; a waiting request needs a replica.
-        desired = 1;
-        notes.push_str("; activation");
+/// One KPA decision: Knative's `Scale()` ([`scale`]), then what Knative's KPA reconciler adds:
+/// the spec's bounds and the staged scale to zero. See autoscaling.md for the reference
+/// pseudo-code.
+pub fn decide(
+    input: &Inputs,
+    spec: &ScalingSpec,
+    cfg: &AutoscalerConfig,
+    state: &DeciderState,
+    now: Instant,
+) -> (Decision, DeciderState) {
+    let mut st = state.clone();
+    let mut notes = String::new();
+    let Scaled {
+        mut desired,
+        panicking,
+        dspc,
+        dppc,
+        max_up,
+        max_down,
+    } = scale(input, spec, cfg, &mut st, now, &mut notes);
+
+    // A poke arrives before any stat has filled a window, and a waiting request needs replicas:
+    // a wake-up from zero starts with the activation scale. (With stats, `scale` already gives
+    // at least that to any demand.)
+    let demand = input.poked || input.stable_avg > 0.0 || input.panic_avg > 0.0;
+    let wake = spec.activation_scale.max(1);
+    if demand && desired < wake && (desired == 0 || state.last_desired == 0) {
+        desired = wake;
+        let _ = write!(notes, "; activation to {desired}");
     }
 
     // `max` last, so that a spec with min > max cannot panic here: the upper bound wins.
@@ -219,7 +291,7 @@ pub fn decide(
         "stable avg {:.1} / target {:.1} → {dspc}; panic avg {:.1} → {dppc}{}; ready {}; \
          rate limits [{max_down}, {max_up}]{notes}; desired {desired}",
         input.stable_avg,
-        target,
+        spec.target_value(cfg),
         input.panic_avg,
         if panicking { " (panic)" } else { "" },
         input.ready,
@@ -231,6 +303,7 @@ pub fn decide(
         excess_burst_capacity,
         activator_in_path,
         reason,
+        no_decision: None,
     };
     st.last_desired = desired;
     (decision, st)
@@ -595,9 +668,12 @@ mod tests {
             delay in 0u64..40,
             start in 0u32..6,
             activator in proptest::bool::ANY,
+            activation in 1u32..5,
         ) {
             let cfg = AutoscalerConfig::default();
-            let spec = ScalingSpec::new(&autoscale(min, min + extra.max(1), delay), &cfg);
+            let max = min + extra.max(1);
+            let a = Autoscale { activation_scale: activation.min(max), ..autoscale(min, max, delay) };
+            let spec = ScalingSpec::new(&a, &cfg);
             let t0 = Instant::now();
             let mut state = DeciderState::new(t0, start);
             let mut now = t0;
@@ -616,11 +692,20 @@ mod tests {
                 if poked || stable > 0.0 {
                     proptest::prop_assert!(d.desired >= 1, "demand gets a replica: {}", d.reason);
                 }
-                if let Some(p) = &prev
-                    && p.panic
-                    && d.panic
-                {
-                    proptest::prop_assert!(d.desired >= p.desired, "{} → {}", p.reason, d.reason);
+                // What Knative guarantees during a panic: the hold never falls, and the decision
+                // never falls below it (within max). The decision itself may fall: a higher count
+                // from before the panic can leave the scale-down-delay window.
+                if d.panic {
+                    let hold = next.panic_hold().expect("panicking has a hold");
+                    proptest::prop_assert!(d.desired >= hold.min(spec.max), "below the panic hold {hold}: {}", d.reason);
+                    if let Some(before) = state.panic_hold()
+                        && prev.as_ref().is_some_and(|p| p.panic)
+                    {
+                        proptest::prop_assert!(hold >= before, "the hold fell from {before} to {hold}: {}", d.reason);
+                    }
+                }
+                if poked && d.previous == 0 {
+                    proptest::prop_assert!(d.desired >= spec.activation_scale.min(spec.max), "a wake-up starts with the activation scale: {}", d.reason);
                 }
                 if d.desired == 0 && d.previous > 0 {
                     let quiet = now - last_traffic.unwrap_or(t0);
@@ -660,5 +745,381 @@ mod tests {
         let (d, _) = decide(&input, &spec, &cfg, &DeciderState::new(t0, 2), t0 + 120 * S);
         // 281 / 140 → 3.
         assert_eq!(d.desired, 3, "{}", d.reason);
+    }
+
+    // ---- Knative's own expectations for `Scale()` (pkg/autoscaler/scaling/autoscaler_test.go) ----
+    //
+    // Each test names the Go test it mirrors. Knative's tests use a per-replica target value
+    // directly, rate limits of 10 and a 60 s stable window: the config below does the same
+    // (utilization 100 %, so that the spec's target is the target value).
+
+    fn knative_cfg() -> AutoscalerConfig {
+        AutoscalerConfig {
+            container_concurrency_target_percentage: 100.0,
+            max_scale_up_rate: 10.0,
+            max_scale_down_rate: 10.0,
+            max_replicas_cap: 0,
+            ..AutoscalerConfig::default()
+        }
+    }
+
+    /// Knative's delay tests set a threshold that never panics; 1000 % is the highest allowed.
+    fn never_panics() -> AutoscalerConfig {
+        AutoscalerConfig {
+            panic_threshold_percentage: 1000.0,
+            ..knative_cfg()
+        }
+    }
+
+    fn knative_spec(target_value: f64, delay_secs: u64, activation_scale: u32) -> ScalingSpec {
+        ScalingSpec {
+            min: 0,
+            max: u32::MAX,
+            metric: Metric::Concurrency,
+            target: target_value,
+            scale_down_delay: Duration::from_secs(delay_secs),
+            stable_window: Duration::from_secs(60),
+            activation_scale,
+        }
+    }
+
+    /// Knative's part of a decision alone (`scale`), called as Knative's tests call `Scale()`.
+    struct Knative {
+        spec: ScalingSpec,
+        cfg: AutoscalerConfig,
+        t0: Instant,
+        st: DeciderState,
+    }
+
+    impl Knative {
+        /// `ready` replicas when the decider is made (Knative's `newAutoscaler` reads them).
+        fn new(spec: ScalingSpec, cfg: AutoscalerConfig, ready: u32) -> Self {
+            let t0 = Instant::now();
+            Knative {
+                spec,
+                cfg,
+                t0,
+                st: DeciderState::new(t0, ready),
+            }
+        }
+
+        /// `Scale()` at `secs` after the start: (desired, in panic).
+        fn at(&mut self, secs: f64, stable: f64, panic: f64, ready: u32) -> (u32, bool) {
+            let input = Inputs {
+                stable_avg: stable,
+                panic_avg: panic,
+                ready,
+                activator_in_path: true,
+                last_traffic: None,
+                poked: false,
+            };
+            let now = self.t0 + Duration::from_secs_f64(secs);
+            let mut notes = String::new();
+            let r = scale(&input, &self.spec, &self.cfg, &mut self.st, now, &mut notes);
+            (r.desired, r.panicking)
+        }
+    }
+
+    #[test]
+    fn test_autoscaler_scale_down_delay() {
+        // Knative: TestAutoscalerScaleDownDelay ("simple", then "gradual" on the same decider).
+        let mut k = Knative::new(knative_spec(10.0, 300, 1), never_panics(), 0);
+        assert_eq!(k.at(2.0, 40.0, 40.0, 0).0, 4, "scale up");
+        assert_eq!(k.at(300.0, 0.0, 0.0, 0).0, 4, "less than the delay at 0");
+        assert_eq!(k.at(302.0, 0.0, 0.0, 0).0, 0, "the delay has passed");
+        assert_eq!(k.at(540.0, 40.0, 40.0, 0).0, 4);
+        assert_eq!(k.at(600.0, 30.0, 30.0, 0).0, 4, "4 still dominates");
+        assert_eq!(k.at(660.0, 0.0, 0.0, 0).0, 4, "still at 4");
+        assert_eq!(k.at(840.0, 0.0, 0.0, 0).0, 3, "4 scrolls out, 3 remains");
+        assert_eq!(k.at(900.0, 0.0, 0.0, 0).0, 0, "everything scrolled out");
+    }
+
+    #[test]
+    fn test_autoscaler_scale_down_delay_zero() {
+        // Knative: TestAutoscalerScaleDownDelayZero. No delay: down at once, even within a tick.
+        let mut k = Knative::new(knative_spec(10.0, 0, 1), never_panics(), 0);
+        assert_eq!(k.at(0.0, 40.0, 40.0, 0).0, 4);
+        assert_eq!(k.at(0.5, 20.0, 20.0, 0).0, 2);
+    }
+
+    #[test]
+    fn test_autoscaler_panic_then_unpanic_scale_down() {
+        // Knative: TestAutoscalerPanicThenUnPanicScaleDown.
+        let mut k = Knative::new(knative_spec(10.0, 0, 1), knative_cfg(), 1);
+        assert_eq!(k.at(0.0, 100.0, 100.0, 1), (10, true));
+        assert_eq!(k.at(0.0, 100.0, 1000.0, 10), (100, true));
+        assert_eq!(
+            k.at(30.0, 1.0, 1.0, 10),
+            (100, true),
+            "traffic fell, still in panic"
+        );
+        assert_eq!(
+            k.at(61.0, 1.0, 1.0, 10),
+            (1, false),
+            "a stable window later"
+        );
+    }
+
+    #[test]
+    fn test_autoscaler_panic_mode_hold_with_scale_down_delay() {
+        // Knative: Scale() records the panic's held count in the scale-down-delay window
+        // (TestAutoscalerPanicThenUnPanicScaleDown with TestAutoscalerScaleDownDelay's delay).
+        // Delay 30 s, stable window 60 s, target 10, scale-down rate 2: a panic that peaked at
+        // 10 holds 10 until the delay has passed after the panic ends, then halves.
+        let cfg = AutoscalerConfig {
+            container_concurrency_target_percentage: 100.0,
+            max_replicas_cap: 0,
+            ..AutoscalerConfig::default()
+        };
+        let a = Autoscale {
+            target: 10,
+            ..autoscale(1, 10, 30)
+        };
+        let spec = ScalingSpec::new(&a, &cfg);
+        let t0 = Instant::now();
+        let mut state = DeciderState::new(t0, 1);
+        let mut at = |secs: u32, stable: f64, panic: f64, ready: u32| {
+            let input = Inputs {
+                stable_avg: stable,
+                panic_avg: panic,
+                ready,
+                activator_in_path: true,
+                last_traffic: Some(t0 + secs * S),
+                poked: false,
+            };
+            let (d, next) = decide(&input, &spec, &cfg, &state, t0 + secs * S);
+            state = next;
+            (d.desired, d.panic)
+        };
+        // A burst: 100 concurrent on one replica is 10 replicas' worth, over 200 %.
+        assert_eq!(at(0, 10.0, 100.0, 1), (10, true));
+        // The burst is over; the panic holds 10 for a stable window after its last over tick.
+        for secs in (2..=60).step_by(2) {
+            assert_eq!(at(secs, 10.0, 10.0, 10), (10, true), "at {secs}s");
+        }
+        // The panic has ended; the delay window still holds the 10 it recorded during it.
+        assert_eq!(at(62, 10.0, 10.0, 10), (10, false));
+        assert_eq!(at(88, 10.0, 10.0, 10), (10, false));
+        // 30 s after the last held 10 (at 60 s): halved, as the rate limit allows.
+        assert_eq!(at(90, 10.0, 10.0, 10), (5, false));
+    }
+
+    #[test]
+    fn test_autoscaler_panic_hold_rises_only_from_the_panic_candidate() {
+        // Knative: Scale() raises maxPanicPods from the panic candidate alone, before the delay
+        // window; an older, higher count in the delay window is not the panic's floor
+        // (TestAutoscalerExtendPanicWindow with a scale-down delay).
+        let cfg = AutoscalerConfig {
+            container_concurrency_target_percentage: 100.0,
+            ..AutoscalerConfig::default()
+        };
+        let mut k = Knative::new(knative_spec(70.0, 30, 1), cfg, 1);
+        assert_eq!(k.at(0.0, 560.0, 560.0, 8), (8, false));
+        // Replicas were lost: 2 ready, a panic candidate of 4; the delay window still has 8.
+        assert_eq!(k.at(10.0, 140.0, 280.0, 2), (8, true));
+        assert_eq!(k.st.panic_hold(), Some(4));
+        // The 8 leaves the delay window; the panic holds its own 4.
+        assert_eq!(k.at(30.0, 140.0, 280.0, 2), (4, true));
+    }
+
+    #[test]
+    fn test_autoscaler_activation_scale() {
+        // Knative: TestAutoscalerActivationScale. No demand: 0; any demand: the activation scale.
+        let mut k = Knative::new(knative_spec(10.0, 0, 2), knative_cfg(), 1);
+        assert_eq!(k.at(0.0, 0.0, 0.0, 1).0, 0);
+        assert_eq!(k.at(0.0, 1.0, 0.0, 1).0, 2);
+    }
+
+    #[test]
+    fn test_autoscaler_activation_scale_wakes_from_zero() {
+        // Zeroflow: a poke (a request waiting at the activator, before any stat) wakes a cold
+        // Executor with its activation scale, and demand keeps at least that many.
+        let cfg = AutoscalerConfig::default();
+        let a = Autoscale {
+            activation_scale: 3,
+            ..autoscale(0, 5, 0)
+        };
+        let spec = ScalingSpec::new(&a, &cfg);
+        let t0 = Instant::now();
+        let state = DeciderState::new(t0, 0);
+        let mut input = Inputs {
+            stable_avg: 0.0,
+            panic_avg: 0.0,
+            ready: 0,
+            activator_in_path: true,
+            last_traffic: Some(t0),
+            poked: true,
+        };
+        let (d, state) = decide(&input, &spec, &cfg, &state, t0);
+        assert_eq!((d.desired, d.previous), (3, 0), "{}", d.reason);
+        input.poked = false;
+        input.stable_avg = 1.0;
+        input.panic_avg = 1.0;
+        input.ready = 3;
+        let (d, _) = decide(&input, &spec, &cfg, &state, t0 + 2 * S);
+        assert_eq!(d.desired, 3, "one request's worth keeps 3: {}", d.reason);
+    }
+
+    #[test]
+    fn test_start_in_panic_mode() {
+        // Knative: TestStartInPanicMode.
+        let t0 = Instant::now();
+        for ready in 0..2 {
+            let st = DeciderState::new(t0, ready);
+            assert!(!st.in_panic(), "created at {ready}");
+            assert_eq!(st.max_panic, ready);
+        }
+        let st = DeciderState::new(t0, 2);
+        assert_eq!(st.panic_hold(), Some(2));
+    }
+
+    #[test]
+    fn test_autoscaler_scale() {
+        // Knative: TestAutoscalerScale and the single-case tests named in each row. Each row is a
+        // fresh decider made with 1 ready replica (Knative's newTestAutoscaler); steps are
+        // (seconds, stable, panic, ready, want, want panic if Knative checks it).
+        type Step = (f64, f64, f64, u32, u32, Option<bool>);
+        let cfg = knative_cfg();
+        let rows: Vec<(&str, f64, AutoscalerConfig, Vec<Step>)> = vec![
+            (
+                "AutoscalerStableModeNoChange",
+                10.0,
+                cfg.clone(),
+                vec![(0.0, 50.0, 50.0, 1, 5, None)],
+            ),
+            (
+                "AutoscalerStableModeNoChangeAlreadyScaled",
+                10.0,
+                cfg.clone(),
+                vec![(0.0, 50.0, 50.0, 5, 5, None)],
+            ),
+            (
+                "AutoscalerPanicModeDoublePodCount",
+                10.0,
+                cfg.clone(),
+                vec![(0.0, 50.0, 100.0, 1, 10, Some(true))],
+            ),
+            (
+                "AutoscalerStableModeIncreaseWithSmallScaleUpRate",
+                1.0,
+                AutoscalerConfig {
+                    max_scale_up_rate: 1.1,
+                    ..cfg.clone()
+                },
+                vec![(0.0, 3.0, 3.1, 2, 3, None)],
+            ),
+            (
+                "AutoscalerStableModeDecreaseWithSmallScaleDownRate",
+                10.0,
+                AutoscalerConfig {
+                    max_scale_down_rate: 1.1,
+                    ..cfg.clone()
+                },
+                vec![(0.0, 1.0, 1.0, 100, 90, None)],
+            ),
+            (
+                "TestAutoscalerStableModeIncreaseWithConcurrencyDefault",
+                10.0,
+                cfg.clone(),
+                vec![
+                    (0.0, 50.0, 10.0, 1, 5, None),
+                    (0.0, 100.0, 10.0, 1, 10, None),
+                ],
+            ),
+            (
+                "TestAutoscalerStableModeDecrease",
+                10.0,
+                cfg.clone(),
+                vec![
+                    (0.0, 100.0, 100.0, 8, 10, Some(false)),
+                    (0.0, 50.0, 50.0, 8, 5, Some(false)),
+                ],
+            ),
+            (
+                "TestAutoscalerStableModeNoTrafficScaleToZero",
+                10.0,
+                cfg.clone(),
+                vec![
+                    (0.0, 1.0, 0.0, 1, 1, Some(false)),
+                    (0.0, 0.0, 0.0, 1, 0, Some(false)),
+                ],
+            ),
+            (
+                "TestAutoscalerUnpanicAfterSlowIncrease",
+                1.0,
+                cfg.clone(),
+                vec![
+                    (0.0, 11.0, 25.0, 10, 25, Some(true)),
+                    (30.0, 30.0, 41.0, 40, 41, Some(true)),
+                    (62.0, 50.0, 56.0, 55, 50, Some(false)),
+                ],
+            ),
+            (
+                "TestAutoscalerExtendPanicWindow",
+                1.0,
+                cfg.clone(),
+                vec![
+                    (0.0, 11.0, 25.0, 10, 25, Some(true)),
+                    (30.0, 30.0, 80.0, 40, 80, Some(true)),
+                    // Extended at 30 s: still panicking 60 s after the start.
+                    (62.0, 30.0, 30.0, 80, 80, Some(true)),
+                ],
+            ),
+            (
+                "TestAutoscalerPanicModeExponentialTrackAndStabilize",
+                1.0,
+                cfg.clone(),
+                vec![
+                    (0.0, 6.0, 6.0, 1, 6, Some(true)),
+                    (0.0, 36.0, 36.0, 6, 36, Some(true)),
+                    (1.0, 216.0, 216.0, 36, 216, Some(true)),
+                    (1.0, 1296.0, 1296.0, 216, 1296, Some(true)),
+                    (2.0, 1296.0, 1296.0, 1296, 1296, Some(true)),
+                ],
+            ),
+            (
+                "TestAutoscalerRateLimitScaleUp",
+                10.0,
+                cfg.clone(),
+                vec![
+                    (0.0, 1000.0, 1001.0, 1, 10, None),
+                    (0.0, 1000.0, 1001.0, 10, 100, None),
+                ],
+            ),
+            (
+                "TestAutoscalerRateLimitScaleDown",
+                10.0,
+                cfg.clone(),
+                vec![(0.0, 1.0, 1.0, 100, 10, None), (0.0, 1.0, 1.0, 10, 1, None)],
+            ),
+            // No ready replica counts as one for the rate limits.
+            (
+                "TestAutoscalerUseOnePodAsMinimumIfEndpointsNotFound",
+                10.0,
+                cfg.clone(),
+                vec![(0.0, 1000.0, 888.0, 0, 10, None)],
+            ),
+        ];
+        for (name, target_value, cfg, steps) in rows {
+            let mut k = Knative::new(knative_spec(target_value, 0, 1), cfg, 1);
+            for (i, (secs, stable, panic, ready, want, want_panic)) in steps.into_iter().enumerate()
+            {
+                let (got, panicking) = k.at(secs, stable, panic, ready);
+                assert_eq!(got, want, "{name} step {i}");
+                if let Some(p) = want_panic {
+                    assert_eq!(panicking, p, "{name} step {i}: panic");
+                }
+            }
+        }
+        // Knative's prepared-panic rows: 5 s into a panic that holds 5.
+        for (name, stable, want) in [
+            ("AutoscalerPanicStableLargerThanPanic", 50.0, 50),
+            ("AutoscalerPanicStableLessThanPanic", 20.0, 30),
+        ] {
+            let mut k = Knative::new(knative_spec(1.0, 0, 1), knative_cfg(), 1);
+            k.st.panic_since = Some(k.t0);
+            k.st.max_panic = 5;
+            assert_eq!(k.at(5.0, stable, 30.0, 5), (want, true), "{name}");
+        }
     }
 }

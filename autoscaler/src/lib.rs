@@ -14,8 +14,8 @@ pub mod scaling;
 pub mod window;
 
 pub use config::AutoscalerConfig;
-pub use decider::{Autoscaler, ResourceSample, Scaler, run};
-pub use scaling::{Decision, ScalingSpec};
+pub use decider::{Autoscaler, ReadyCountError, ResourceSample, Scaler, run};
+pub use scaling::{Decision, NoDecision, ScalingSpec};
 pub use window::Window;
 
 /// Everything that can go wrong in this crate: bad server configuration.

@@ -16,6 +16,9 @@ pub struct ScalingSpec {
     pub target: f64,
     pub scale_down_delay: Duration,
     pub stable_window: Duration,
+    /// Replicas a wake-up from zero starts with, and the least there are while there is any
+    /// demand (Knative's `activation-scale`); 1 = no effect. Within [1, max].
+    pub activation_scale: u32,
 }
 
 impl ScalingSpec {
@@ -55,6 +58,8 @@ impl ScalingSpec {
             scale_down_delay: autoscale.scale_down_delay.min(WINDOW_MAX),
             stable_window: Duration::from_secs(stable_window.as_secs())
                 .clamp(WINDOW_MIN, WINDOW_MAX),
+            // The server's cap can lower max below what the spec validated against.
+            activation_scale: autoscale.activation_scale.clamp(1, max),
         }
     }
 
@@ -96,12 +101,46 @@ pub struct Decision {
     pub activator_in_path: bool,
     /// The inputs and the steps that gave `desired`, for logs.
     pub reason: String,
+    /// Set when there was nothing to decide on (Knative's invalid `ScaleResult`): `desired` is
+    /// then the previous count, kept.
+    pub no_decision: Option<NoDecision>,
 }
 
 impl Decision {
     pub fn changed(&self) -> bool {
         self.desired != self.previous
     }
+
+    /// No decision: the scale stays at `previous`, moved into the spec's bounds only (they are
+    /// settings, not load). The activator stays in the path, since nothing says the replicas
+    /// could absorb a burst.
+    pub fn none(previous: u32, spec: &ScalingSpec, panic: bool, why: NoDecision) -> Self {
+        let desired = previous.max(spec.min).min(spec.max);
+        Decision {
+            desired,
+            previous,
+            panic,
+            excess_burst_capacity: -1,
+            activator_in_path: true,
+            reason: format!("no decision, {desired} kept: {why}"),
+            no_decision: Some(why),
+        }
+    }
+}
+
+/// Why a tick could not decide. No data is not zero load: deciding on it could scale a busy
+/// Executor down.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NoDecision {
+    /// Nothing was recorded for the whole stable window (Knative's `ErrNoData`).
+    #[error("no stats in the last {}s", .window.as_secs())]
+    NoData { window: Duration },
+    /// The latest second's stats are incomplete: a replica could not be read.
+    #[error("stats incomplete: {replica} could not be read: {reason}")]
+    ScrapeFailed { replica: String, reason: String },
+    /// The runtime could not say how many replicas are ready.
+    #[error("ready replicas unknown: {reason}")]
+    ReadyUnknown { reason: String },
 }
 
 #[cfg(test)]

@@ -142,6 +142,11 @@ fn autoscale_annotations(e: &Executor) -> Value {
     // The HPA class has no window of its own: Knative refuses the annotation there.
     if matches!(a.metric, Metric::Concurrency | Metric::Rps) {
         m["autoscaling.knative.dev/window"] = json!(secs(a.stable_window));
+        // Knative refuses an activation-scale below 2 or below min-scale; either way it would
+        // change nothing, so it is written only where it acts.
+        if a.activation_scale > a.min.max(1) {
+            m["autoscaling.knative.dev/activation-scale"] = json!(a.activation_scale.to_string());
+        }
     }
     m
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use zeroflow_autoscaler::{
-    Autoscaler, AutoscalerConfig, Decision, ResourceSample, Scaler, ScalingSpec,
+    Autoscaler, AutoscalerConfig, Decision, ReadyCountError, ResourceSample, Scaler, ScalingSpec,
 };
 use zeroflow_spec::Flow;
 
@@ -53,8 +53,8 @@ impl Scaler for RuntimeScaler {
         self.runtime.scale(executor, desired);
     }
 
-    fn ready_replicas(&self, executor: &str) -> u32 {
-        self.runtime.ready_replicas(executor)
+    fn ready_replicas(&self, executor: &str) -> Result<u32, ReadyCountError> {
+        Ok(self.runtime.ready_replicas(executor))
     }
 }
 
@@ -154,17 +154,25 @@ async fn scrape_loop(
             .into_iter()
             .filter(|(e, _)| scaled.contains(e))
             .collect();
-        let stats = futures::future::join_all(
-            targets
-                .into_iter()
-                .map(|(e, admin)| async move { (e, fetch_stats(&admin).await) }),
-        )
+        let stats = futures::future::join_all(targets.into_iter().map(|(e, admin)| async move {
+            let stat = fetch_stats(&admin).await;
+            (e, admin, stat)
+        }))
         .await;
         let now = tokio::time::Instant::now();
         let mut to_poke = vec![];
         {
             let mut a = autoscaler.lock();
-            for (e, stat) in stats {
+            for (e, admin, stat) in stats {
+                // No answer is no data, not zero load: the autoscaler then keeps the scale.
+                if stat.is_none() {
+                    a.record_scrape_failure(
+                        &e,
+                        &admin,
+                        "GET /stats failed or took over 800 ms",
+                        now,
+                    );
+                }
                 if let Some(stat) = stat {
                     if a.record_stat(&e, &stat, now) {
                         to_poke.push(e.clone());

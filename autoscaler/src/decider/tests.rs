@@ -359,8 +359,8 @@ impl Scaler for FakeScaler {
         self.ready.lock().insert(executor.to_string(), desired);
     }
 
-    fn ready_replicas(&self, executor: &str) -> u32 {
-        self.ready.lock().get(executor).copied().unwrap_or(0)
+    fn ready_replicas(&self, executor: &str) -> Result<u32, ReadyCountError> {
+        Ok(self.ready.lock().get(executor).copied().unwrap_or(0))
     }
 }
 
@@ -404,7 +404,7 @@ async fn driver_pokes_scales_up_and_scales_to_zero_only_after_window_and_grace()
     for _ in 0..200 {
         tokio::time::sleep(S).await;
         let now = Instant::now();
-        if scaler.ready_replicas("enc") > 0 {
+        if scaler.ready_replicas("enc") != Ok(0) {
             autoscaler
                 .lock()
                 .record_stat("enc", &stat("r0", 0.0, 0.0), now);

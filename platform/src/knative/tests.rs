@@ -409,3 +409,37 @@ proptest::proptest! {
         proptest::prop_assert!(l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{l:?}");
     }
 }
+
+#[test]
+fn activation_scale_is_rendered_where_knative_accepts_it() {
+    let flow = load(
+        r#"
+jtype: Flow
+executors:
+  - name: wakes_three
+    jcloud:
+      autoscale: {min: 0, max: 5, activation_scale: 3}
+  - name: default_one
+    jcloud:
+      autoscale: {min: 0, max: 5}
+  - name: min_dominates
+    jcloud:
+      autoscale: {min: 3, max: 5, activation_scale: 3}
+"#,
+    );
+    let export = render(&flow, "", &opts()).expect("renders");
+    check_services(&export.objects, &service_schema());
+    let annotation = |name: &str| {
+        export
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Service {name}"))["spec"]["template"]["metadata"]
+            ["annotations"]["autoscaling.knative.dev/activation-scale"]
+            .clone()
+    };
+    assert_eq!(annotation("wakes-three"), "3");
+    // Knative refuses 1 and values not above min-scale; they would change nothing anyway.
+    assert!(annotation("default-one").is_null());
+    assert!(annotation("min-dominates").is_null());
+}
