@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use zeroflow_platform::local::{LocalOptions, RuntimeEvent};
+use zeroflow_platform::local::LocalOptions;
+use zeroflow_platform::runtime::RuntimeEvent;
 use zeroflow_platform::server::flows::{self, RunningFlow};
 use zeroflow_spec::Source;
 
@@ -371,11 +372,7 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
     match Arc::try_unwrap(running) {
         Ok(r) => r.stop().await,
         // The metrics server still holds a handle; stopping the runtime is what matters.
-        Err(r) => {
-            r.runtime
-                .shutdown(opts.drain_timeout + Duration::from_secs(15))
-                .await
-        }
+        Err(r) => r.runtime.shutdown(r.timeouts.shutdown).await,
     }
     zeroflow_platform::local::stop_zygotes().await;
     if let Some(why) = failed.lock().take() {

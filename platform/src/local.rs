@@ -2,6 +2,8 @@
 //! Executor's command. Readiness is pushed: the shim prints one ready line on stdout the moment
 //! the Executor serves, so nothing here polls.
 
+pub use crate::runtime::RuntimeEvent;
+use crate::runtime::{InitialReplicas, Runtime};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -179,8 +181,9 @@ pub fn executor_command(
 }
 
 /// An `external: true` Executor is one replica at its address in every shard's set: the gateway
-/// calls it as it calls a local replica, and nothing here starts, scales or stops it.
-fn add_external(
+/// calls it as it calls a local replica, and nothing here starts, scales or stops it. Every
+/// runtime does the same for them.
+pub fn add_external(
     exec: &Executor,
     addr: &zeroflow_spec::ExternalAddress,
     sets: &[Arc<ReplicaSet>],
@@ -743,72 +746,6 @@ pub async fn start_replica_logged(
     })
 }
 
-/// What the local runtime reports as it works, for `jc` to print and tests to wait on.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RuntimeEvent {
-    Scaling {
-        executor: String,
-        from: u32,
-        to: u32,
-    },
-    ReplicaStarting {
-        executor: String,
-        replica: String,
-    },
-    ReplicaReady {
-        executor: String,
-        replica: String,
-        startup_ms: u64,
-    },
-    ReplicaStopped {
-        executor: String,
-        replica: String,
-    },
-    ReplicaCrashed {
-        executor: String,
-        replica: String,
-        output: String,
-    },
-    ExecutorFailed {
-        executor: String,
-        why: String,
-    },
-}
-
-impl std::fmt::Display for RuntimeEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RuntimeEvent::Scaling { executor, from, to } => {
-                write!(f, "{executor}: scaling {from} -> {to} replica(s)")
-            }
-            RuntimeEvent::ReplicaStarting { executor, replica } => {
-                write!(f, "{executor}: starting replica {replica}")
-            }
-            RuntimeEvent::ReplicaReady {
-                executor,
-                replica,
-                startup_ms,
-            } => {
-                write!(f, "{executor}: replica {replica} ready in {startup_ms} ms")
-            }
-            RuntimeEvent::ReplicaStopped { executor, replica } => {
-                write!(f, "{executor}: replica {replica} stopped")
-            }
-            RuntimeEvent::ReplicaCrashed {
-                executor,
-                replica,
-                output,
-            } => {
-                let last = output.lines().last().unwrap_or("");
-                write!(f, "{executor}: replica {replica} crashed: {last}")
-            }
-            RuntimeEvent::ExecutorFailed { executor, why } => {
-                write!(f, "{executor}: FAILED: {why}")
-            }
-        }
-    }
-}
-
 /// A replica the runtime tracks: starting, ready, or stopping.
 struct Slot {
     id: String,
@@ -901,18 +838,25 @@ impl LocalRuntime {
         })
     }
 
+    fn find(&self, executor: &str) -> Option<&Arc<ExecRuntime>> {
+        self.execs.iter().find(|e| e.exec.name == executor)
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for LocalRuntime {
     /// Output of every replica (running or recently stopped) by replica id, for one Executor
     /// or, with None, for all.
-    pub fn logs(&self, executor: Option<&str>) -> BTreeMap<String, String> {
+    async fn logs(&self, executor: Option<&str>) -> BTreeMap<String, String> {
         self.logs.snapshot(executor)
     }
 
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
     }
 
     /// Per Executor, one replica set per shard, for the gateway.
-    pub fn shards(&self) -> HashMap<String, Vec<Arc<ReplicaSet>>> {
+    fn shards(&self) -> HashMap<String, Vec<Arc<ReplicaSet>>> {
         self.execs
             .iter()
             .map(|e| (e.exec.name.clone(), e.sets.clone()))
@@ -920,12 +864,8 @@ impl LocalRuntime {
             .collect()
     }
 
-    fn find(&self, executor: &str) -> Option<&Arc<ExecRuntime>> {
-        self.execs.iter().find(|e| e.exec.name == executor)
-    }
-
     /// Starts the reconcile loop of every Executor with its initial replica count.
-    pub fn start(&self, initial: impl Fn(&Executor) -> u32) {
+    fn start(&self, initial: &InitialReplicas) {
         // The zygote imports jina now, so that a Python Executor's first wake-up (often from
         // zero, seconds after the Flow starts) finds it ready.
         if self.execs.iter().any(|e| e.exec.command.is_none()) {
@@ -943,7 +883,7 @@ impl LocalRuntime {
     }
 
     /// Sets the replica count (per shard) of one Executor.
-    pub fn scale(&self, executor: &str, desired: u32) {
+    fn scale(&self, executor: &str, desired: u32) {
         if let Some(e) = self.find(executor) {
             let from = *e.desired.borrow();
             if from != desired {
@@ -957,12 +897,12 @@ impl LocalRuntime {
         }
     }
 
-    pub fn desired(&self, executor: &str) -> u32 {
+    fn desired(&self, executor: &str) -> u32 {
         self.find(executor).map_or(0, |e| *e.desired.borrow())
     }
 
     /// Replicas serving now (of the first shard; shards scale together).
-    pub fn ready_replicas(&self, executor: &str) -> u32 {
+    fn ready_replicas(&self, executor: &str) -> u32 {
         self.find(executor).map_or(0, |e| {
             e.slots
                 .lock()
@@ -972,17 +912,17 @@ impl LocalRuntime {
         })
     }
 
-    /// Every replica process's pid is a child of this process; for tests and status.
-    pub fn replica_count(&self, executor: &str) -> usize {
-        self.find(executor).map_or(0, |e| e.slots.lock().len())
+    fn replica_count(&self, executor: &str) -> u32 {
+        self.find(executor)
+            .map_or(0, |e| e.slots.lock().len() as u32)
     }
 
-    pub fn failure(&self, executor: &str) -> Option<String> {
+    fn failure(&self, executor: &str) -> Option<String> {
         self.find(executor).and_then(|e| e.failed.lock().clone())
     }
 
     /// Admin addresses (`/stats`) of the ready replicas, by Executor.
-    pub fn stats_targets(&self) -> Vec<(String, String)> {
+    fn stats_targets(&self) -> Vec<(String, String)> {
         let mut out = vec![];
         for e in &self.execs {
             for s in e.slots.lock().iter() {
@@ -995,7 +935,7 @@ impl LocalRuntime {
     }
 
     /// Waits until each Executor has its desired replicas ready, or one failed.
-    pub async fn wait_settled(&self, timeout: Duration) -> Result<(), String> {
+    async fn wait_settled(&self, timeout: Duration) -> Result<(), String> {
         let mut events = self.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -1023,7 +963,7 @@ impl LocalRuntime {
     }
 
     /// Scales everything to zero and waits for every replica to drain and exit.
-    pub async fn shutdown(&self, timeout: Duration) {
+    async fn shutdown(&self, timeout: Duration) {
         for e in &self.execs {
             e.desired.send_replace(0);
         }
@@ -1244,26 +1184,6 @@ async fn run_replica(
             .await;
         let _ = ended.send((id, ReplicaEnd::Stopped));
     }
-}
-
-/// Reads one replica's `/stats` (a tiny HTTP/1.0 GET: the shim's admin port is local).
-pub async fn fetch_stats(admin: &str) -> Option<zeroflow_activator::Stat> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-        s.write_all(b"GET /stats HTTP/1.0\r\nHost: shim\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = Vec::with_capacity(1024);
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let body = text.split("\r\n\r\n").nth(1)?;
-        serde_json::from_str(body).ok()
-    };
-    tokio::time::timeout(Duration::from_millis(800), fut)
-        .await
-        .ok()
-        .flatten()
 }
 
 #[cfg(test)]

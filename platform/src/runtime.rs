@@ -11,8 +11,6 @@ use std::time::Duration;
 use zeroflow_activator::ReplicaSet;
 use zeroflow_spec::Executor;
 
-pub use crate::local::RuntimeEvent;
-
 /// How many replicas an Executor starts with, given its spec.
 pub type InitialReplicas = dyn Fn(&Executor) -> u32 + Send + Sync;
 
@@ -37,6 +35,10 @@ pub trait Runtime: Send + Sync {
     /// Replicas serving now (of the first shard; shards scale together).
     fn ready_replicas(&self, executor: &str) -> u32;
 
+    /// Replicas that exist now in any state (starting, ready or draining), over all shards: zero
+    /// once a scale to zero has finished, which a restart waits for.
+    fn replica_count(&self, executor: &str) -> u32;
+
     /// Why the Executor cannot run, once the runtime has given up on it.
     fn failure(&self, executor: &str) -> Option<String>;
 
@@ -56,4 +58,71 @@ pub trait Runtime: Send + Sync {
     /// Stops what this runtime started (locally: drains and stops every replica; on Kubernetes:
     /// only the runtime's own watches, the cluster's objects stay), waiting at most `timeout`.
     async fn shutdown(&self, timeout: Duration);
+}
+
+/// What a runtime reports as it works, for `jc` to print, the control plane's event log, and
+/// tests to wait on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeEvent {
+    Scaling {
+        executor: String,
+        from: u32,
+        to: u32,
+    },
+    ReplicaStarting {
+        executor: String,
+        replica: String,
+    },
+    ReplicaReady {
+        executor: String,
+        replica: String,
+        startup_ms: u64,
+    },
+    ReplicaStopped {
+        executor: String,
+        replica: String,
+    },
+    ReplicaCrashed {
+        executor: String,
+        replica: String,
+        output: String,
+    },
+    ExecutorFailed {
+        executor: String,
+        why: String,
+    },
+}
+
+impl std::fmt::Display for RuntimeEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuntimeEvent::Scaling { executor, from, to } => {
+                write!(f, "{executor}: scaling {from} -> {to} replica(s)")
+            }
+            RuntimeEvent::ReplicaStarting { executor, replica } => {
+                write!(f, "{executor}: starting replica {replica}")
+            }
+            RuntimeEvent::ReplicaReady {
+                executor,
+                replica,
+                startup_ms,
+            } => {
+                write!(f, "{executor}: replica {replica} ready in {startup_ms} ms")
+            }
+            RuntimeEvent::ReplicaStopped { executor, replica } => {
+                write!(f, "{executor}: replica {replica} stopped")
+            }
+            RuntimeEvent::ReplicaCrashed {
+                executor,
+                replica,
+                output,
+            } => {
+                let last = output.lines().last().unwrap_or("");
+                write!(f, "{executor}: replica {replica} crashed: {last}")
+            }
+            RuntimeEvent::ExecutorFailed { executor, why } => {
+                write!(f, "{executor}: FAILED: {why}")
+            }
+        }
+    }
 }

@@ -1,9 +1,10 @@
-//! Wires the autoscaler to the local runtime: scrapes every ready replica's `/stats` each second,
-//! adds the activator's own stat per Executor, forwards cold pokes (a poke decides at once), and
-//! applies decisions by scaling the runtime. Only Executors with `jcloud.autoscale` take part;
-//! the others keep their fixed `replicas`.
+//! Wires the autoscaler to a Flow's runtime, whichever backend it is (it sees only [`Runtime`]):
+//! scrapes every ready replica's `/stats` each second, adds the activator's own stat per
+//! Executor, forwards cold pokes (a poke decides at once), and applies decisions by scaling the
+//! runtime. Only Executors with `jcloud.autoscale` take part; the others keep their fixed
+//! `replicas`. It must not start or stop replicas itself: the runtime does.
 
-use crate::local::{LocalRuntime, fetch_stats};
+use crate::runtime::Runtime;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,7 +36,7 @@ impl Drop for ScalingHandle {
 }
 
 struct RuntimeScaler {
-    runtime: Arc<LocalRuntime>,
+    runtime: Arc<dyn Runtime>,
     desired: Family<ExecutorLabel, Gauge>,
     panic: Family<ExecutorLabel, Gauge>,
 }
@@ -77,7 +78,7 @@ pub fn config_from_pairs(pairs: &[String]) -> Result<AutoscalerConfig, String> {
 /// it with.
 pub fn start(
     flow: &Flow,
-    runtime: Arc<LocalRuntime>,
+    runtime: Arc<dyn Runtime>,
     cfg: AutoscalerConfig,
     registry: &mut Registry,
 ) -> ScalingHandle {
@@ -140,7 +141,7 @@ pub fn start(
 
 async fn scrape_loop(
     autoscaler: Arc<parking_lot::Mutex<Autoscaler>>,
-    runtime: Arc<LocalRuntime>,
+    runtime: Arc<dyn Runtime>,
     shards: std::collections::HashMap<String, Vec<Arc<zeroflow_activator::ReplicaSet>>>,
     scaled: Vec<String>,
     pokes: tokio::sync::mpsc::UnboundedSender<String>,
@@ -203,4 +204,25 @@ async fn scrape_loop(
             let _ = pokes.send(e);
         }
     }
+}
+
+/// Reads one replica's `/stats` from its shim's admin address (a tiny HTTP/1.0 GET: the shim
+/// answers it and closes; a slow or gone replica is skipped this round, not waited for).
+pub async fn fetch_stats(admin: &str) -> Option<zeroflow_activator::Stat> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+        s.write_all(b"GET /stats HTTP/1.0\r\nHost: shim\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::with_capacity(1024);
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let body = text.split("\r\n\r\n").nth(1)?;
+        serde_json::from_str(body).ok()
+    };
+    tokio::time::timeout(Duration::from_millis(800), fut)
+        .await
+        .ok()
+        .flatten()
 }

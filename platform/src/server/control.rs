@@ -11,7 +11,8 @@ use super::names;
 use super::project::{self, Project};
 use super::resolver::{ExecutorResolver, resolve_flow};
 use super::store::{Desired, FlowRecord, Kind, Phase, Store, StoreError};
-use crate::local::{LocalOptions, LocalRuntime};
+use crate::local::LocalOptions;
+use crate::runtime::Runtime;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -39,7 +40,7 @@ struct FlowCell {
     generation: tokio::sync::watch::Sender<u64>,
     running: tokio::sync::Mutex<Option<RunningFlow>>,
     /// The runtime that ran last (running or stopped), for its replicas' logs.
-    last_runtime: Mutex<Option<Arc<LocalRuntime>>>,
+    last_runtime: Mutex<Option<Arc<dyn Runtime>>>,
     events: Mutex<VecDeque<String>>,
 }
 
@@ -571,12 +572,13 @@ impl Controller {
                     .join("\n");
                 BTreeMap::from([(format!("gateway-{}", rec.id), text)])
             }
-            Some(e) => cell
-                .last_runtime
-                .lock()
-                .as_ref()
-                .map(|rt| rt.logs(Some(e)))
-                .unwrap_or_default(),
+            Some(e) => {
+                let rt = cell.last_runtime.lock().clone();
+                match rt {
+                    Some(rt) => rt.logs(Some(e)).await,
+                    None => BTreeMap::new(),
+                }
+            }
         }
     }
 

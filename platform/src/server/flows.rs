@@ -1,8 +1,10 @@
-//! One running Flow on the local runtime: its Executors' replicas, its gateway on its listeners,
-//! and its autoscaler. The same wiring serves `jc flow serve` (one Flow, in the foreground) and
-//! `jc server` (many Flows, started, stopped and restarted by the control plane).
+//! One running Flow: its Executors' runtime (any [`Runtime`]), its gateway on its listeners, and
+//! its autoscaler. The same wiring serves `jc flow serve` (one Flow, in the foreground), `jc
+//! server` (many Flows, started, stopped and restarted by the control plane) and the gateway of
+//! a Flow on Kubernetes (built with [`RunningFlow::with_runtime`]).
 
 use crate::local::{LocalOptions, LocalRuntime, RuntimeError};
+use crate::runtime::Runtime;
 use crate::scaling::ScalingHandle;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
@@ -119,31 +121,71 @@ struct Serving {
     task: tokio::task::JoinHandle<Result<(), FlowError>>,
 }
 
+/// How long a [`RunningFlow`] waits for its runtime.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowTimeouts {
+    /// For every Executor's initial replicas to be ready ([`RunningFlow::start`]).
+    pub startup: Duration,
+    /// For the runtime to stop what it started ([`RunningFlow::stop`]).
+    pub shutdown: Duration,
+}
+
+impl FlowTimeouts {
+    /// The local runtime's: a replica has `drain_timeout` to drain, and its shim a little more
+    /// to stop the Executor after it.
+    pub fn local(opts: &LocalOptions) -> Self {
+        FlowTimeouts {
+            startup: opts.startup_timeout,
+            shutdown: opts.drain_timeout + Duration::from_secs(15),
+        }
+    }
+}
+
 /// A Flow whose runtime and gateway exist; [`RunningFlow::start`] brings up its replicas and
 /// [`RunningFlow::serve`] opens its gateway.
 pub struct RunningFlow {
     pub flow: Flow,
-    pub runtime: Arc<LocalRuntime>,
+    pub runtime: Arc<dyn Runtime>,
     pub gateway: Arc<Gateway>,
     /// Activator and autoscaler metrics (the gateway keeps its own).
     pub registry: Arc<Mutex<Registry>>,
-    pub opts: LocalOptions,
+    pub timeouts: FlowTimeouts,
     scaling: Option<ScalingHandle>,
     serving: Option<Serving>,
 }
 
 impl RunningFlow {
-    /// Checks that every Executor can run here and builds the runtime and the gateway. Nothing
-    /// starts yet.
+    /// On the local runtime: checks that every Executor can run here and builds the runtime and
+    /// the gateway. Nothing starts yet.
     pub fn new(flow: &Flow, opts: LocalOptions) -> Result<Self, FlowError> {
         let mut registry = Registry::default();
         let metrics = zeroflow_activator::ActivatorMetrics::new(&mut registry);
+        let timeouts = FlowTimeouts::local(&opts);
         let runtime = Arc::new(LocalRuntime::new(
             flow,
-            opts.clone(),
+            opts,
             throttle_settings,
             Some(metrics),
         )?);
+        Self::with_runtime(flow, runtime, registry, timeouts)
+    }
+
+    /// On any runtime: builds the gateway over `runtime`'s replica sets. `registry` holds the
+    /// activator metrics the runtime's replica sets report to (the autoscaler's join them), so
+    /// the runtime is built with them first:
+    ///
+    /// ```ignore
+    /// let mut registry = Registry::default();
+    /// let metrics = zeroflow_activator::ActivatorMetrics::new(&mut registry);
+    /// let runtime = Arc::new(MyRuntime::new(&flow, throttle_settings, Some(metrics))?);
+    /// let rf = RunningFlow::with_runtime(&flow, runtime, registry, timeouts)?;
+    /// ```
+    pub fn with_runtime(
+        flow: &Flow,
+        runtime: Arc<dyn Runtime>,
+        registry: Registry,
+        timeouts: FlowTimeouts,
+    ) -> Result<Self, FlowError> {
         let gateway = Arc::new(
             Gateway::new(flow, runtime.shards()).map_err(|e| FlowError::Graph(e.to_string()))?,
         );
@@ -152,7 +194,7 @@ impl RunningFlow {
             runtime,
             gateway,
             registry: Arc::new(Mutex::new(registry)),
-            opts,
+            timeouts,
             scaling: None,
             serving: None,
         })
@@ -161,9 +203,9 @@ impl RunningFlow {
     /// Starts every Executor at its initial replica count and waits until they are ready (or
     /// one fails: the error carries its output). Then learns the Executors' endpoints.
     pub async fn start(&self) -> Result<(), FlowError> {
-        self.runtime.start(initial_replicas);
+        self.runtime.start(&initial_replicas);
         self.runtime
-            .wait_settled(self.opts.startup_timeout)
+            .wait_settled(self.timeouts.startup)
             .await
             .map_err(FlowError::NotReady)?;
         let external: Vec<&str> = self
@@ -238,8 +280,6 @@ impl RunningFlow {
             let _ = s.task.await;
         }
         drop(self.scaling.take());
-        self.runtime
-            .shutdown(self.opts.drain_timeout + Duration::from_secs(15))
-            .await;
+        self.runtime.shutdown(self.timeouts.shutdown).await;
     }
 }
