@@ -132,6 +132,8 @@ async fn dispatch(State(c): State<Arc<Controller>>, req: Request) -> Response {
     match route {
         Route::Health => return reply(StatusCode::OK, json!({"status": "ok"})),
         Route::OpenApi => return reply(StatusCode::OK, super::openapi::document()),
+        // Its own token (one archive's), not a user's.
+        Route::Artifact(d) => return super::artifact_route::serve(&c, &d, req.headers()).await,
         _ => {}
     }
     let user = match authenticate(&c, req.headers()) {
@@ -479,7 +481,7 @@ async fn handle(
     req: Request,
 ) -> Result<Response> {
     Ok(match route {
-        Route::Health | Route::OpenApi => unreachable_route(),
+        Route::Health | Route::OpenApi | Route::Artifact(_) => unreachable_route(),
         Route::Validate(_) => {
             let (yaml, archive) = read_upload(c, req).await?;
             let staged = match archive {

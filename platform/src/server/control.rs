@@ -78,6 +78,8 @@ pub struct Controller {
     /// Where `POST /executors` pushes to (None: pushing is not available).
     pub registry: Option<Arc<zeroflow_artifacts::registry::Registry>>,
     pub jobs: Arc<super::jobs::Jobs>,
+    /// Tokens and URLs for `GET /v1/artifacts/{digest}` (see [`super::artifact_route`]).
+    pub artifact_access: super::artifact_route::ArtifactAccess,
     cells: Mutex<HashMap<String, Arc<FlowCell>>>,
     /// Set when the server stops: no new Flow starts after that.
     stopping: std::sync::atomic::AtomicBool,
@@ -117,7 +119,13 @@ impl Controller {
         registry: Option<Arc<zeroflow_artifacts::registry::Registry>>,
         backend: Backend,
     ) -> Arc<Self> {
+        let artifact_access = super::artifact_route::ArtifactAccess::open(&cfg.data_dir)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "artifact tokens will not survive a restart");
+                super::artifact_route::ArtifactAccess::ephemeral()
+            });
         Arc::new(Controller {
+            artifact_access,
             store: Arc::new(store),
             backend,
             cfg,

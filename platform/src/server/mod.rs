@@ -5,6 +5,7 @@
 //! beyond the spec crate, nor decides scaling beyond the autoscaler crate.
 
 pub mod api;
+pub mod artifact_route;
 pub mod control;
 pub mod flows;
 pub mod jobs;
@@ -149,6 +150,10 @@ pub async fn run(
         }
     };
     let ctrl = control::Controller::new(store, cfg, resolver, Some(registry), backend);
+    if let Ok(addr) = listener.local_addr() {
+        let base = format!("http://{}:{}", ctrl.cfg.public_host, addr.port());
+        ctrl.artifact_access.set_base_url(&base);
+    }
     let n = ctrl.restore()?;
     if n > 0 {
         tracing::info!("restarting {n} Flow(s) from the store");

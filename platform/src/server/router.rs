@@ -55,6 +55,8 @@ pub enum Route {
     JobLogs(String, String),
     DeleteJob(String, String),
     PushExecutor,
+    /// `GET /v1/artifacts/{digest}`: a project archive for a shim (see `artifact_route`).
+    Artifact(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +102,19 @@ pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
         .filter(|s| !s.is_empty())
         .map(percent_decode)
         .collect();
+    // Before the custom verbs: a digest's `sha256:` is not one.
+    if let [v1, artifacts, digest] = segs.as_slice()
+        && v1 == "v1"
+        && artifacts == "artifacts"
+    {
+        return match method {
+            "GET" => Ok(Route::Artifact(digest.clone())),
+            _ => Err(RouteError::MethodNotAllowed {
+                path: path.to_string(),
+                method: method.to_string(),
+            }),
+        };
+    }
     // The custom verb rides on the last segment.
     let (segs, verb): (Vec<&str>, Option<&str>) = {
         let mut v: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -337,6 +352,14 @@ mod tests {
         );
         assert_eq!(ok("POST", "/executors"), Route::PushExecutor);
         assert_eq!(ok("GET", "/openapi.json"), Route::OpenApi);
+        assert_eq!(
+            ok("GET", "/v1/artifacts/sha256:ab12"),
+            Route::Artifact("sha256:ab12".into())
+        );
+        assert!(matches!(
+            route("PUT", "/v1/artifacts/sha256:ab12"),
+            Err(RouteError::MethodNotAllowed { .. })
+        ));
     }
 
     #[test]
