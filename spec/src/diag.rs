@@ -2,6 +2,7 @@
 //! report what was found and what is allowed instead of failing on the first problem.
 
 use crate::Diagnostic;
+use crate::keys::LEGACY;
 use crate::vars::{unresolved, unresolved_note};
 use crate::yaml::{Entry, Node, Value, py_float};
 
@@ -24,6 +25,7 @@ impl Diags {
             column,
             field: field.to_string(),
             message: message.into(),
+            file: None,
         });
     }
 
@@ -39,7 +41,20 @@ impl Diags {
             column,
             field: field.to_string(),
             message: message.into(),
+            file: None,
         });
+    }
+
+    /// Takes in what was found in another file (`Some`) or another text placed in this one.
+    pub(crate) fn absorb(&mut self, other: Diags, file: Option<&str>) {
+        let tag = |mut d: Diagnostic| {
+            if let Some(f) = file {
+                d.file.get_or_insert_with(|| f.to_string());
+            }
+            d
+        };
+        self.errors.extend(other.errors.into_iter().map(tag));
+        self.warnings.extend(other.warnings.into_iter().map(tag));
     }
 
     pub(crate) fn error(&mut self, n: &Node, field: &str, message: impl Into<String>) {
@@ -62,16 +77,34 @@ impl Diags {
             if known.iter().any(|set| set.contains(&e.key.as_str())) {
                 continue;
             }
-            let mut msg = format!(
-                "unknown key `{}` in {what} is ignored (Jina drops unknown keys too)",
-                e.key
-            );
-            if let Some(s) = suggest(&e.key, known.iter().flat_map(|s| s.iter().copied())) {
-                msg.push_str(&format!("; did you mean `{s}`?"));
-            }
+            let msg = unknown_key(&e.key, what, known.iter().flat_map(|s| s.iter().copied()));
             self.warn_at(e.kline, e.kcol, &join_key(path, &e.key), msg);
         }
     }
+}
+
+/// Why a key is ignored: Jina's migration tip for an argument of Jina 1 or 2, else the closest
+/// known key when one is close.
+pub(crate) fn unknown_key<'a>(
+    key: &str,
+    what: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> String {
+    if let Some((_, tip)) = LEGACY.iter().find(|(k, _)| *k == key) {
+        let mut msg = format!(
+            "`{key}` in {what} is a Jina 1/2 argument that Jina 3 ignores, as does Zeroflow"
+        );
+        if !tip.is_empty() {
+            msg.push_str("; ");
+            msg.push_str(tip);
+        }
+        return msg;
+    }
+    let mut msg = format!("unknown key `{key}` in {what} is ignored (Jina drops unknown keys too)");
+    if let Some(s) = suggest(key, candidates) {
+        msg.push_str(&format!("; did you mean `{s}`?"));
+    }
+    msg
 }
 
 pub(crate) fn got_allowed(n: &Node, allowed: &str) -> String {

@@ -1,12 +1,17 @@
 //! From the substituted YAML tree to the normalized [`Flow`]: Jina's loader rules (naming,
 //! `needs`, argument inheritance, Deployment YAML) and Zeroflow's validation.
 
-use crate::diag::{Diags, Reader, describe, join_index, join_key, scalar_text, suggest, to_json};
+use crate::diag::{
+    Diags, Reader, describe, join_index, join_key, scalar_text, suggest, to_json, unknown_key,
+};
 use crate::jcloud;
 use crate::keys::*;
 use crate::model::*;
+use crate::vars::{unresolved, unresolved_note};
 use crate::yaml::{Entry, Node, Value};
+use crate::{FileError, FileReader, Source};
 use regex::Regex;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -28,8 +33,18 @@ static CLASS_NAME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$").expect("static regex")
 });
 
-pub(crate) struct Ctx {
+/// Jina's `is_yaml_filepath`: what `Deployment.load_config` takes for a file (the `.` before
+/// `ya?ml` is unescaped in Jina too).
+static YAML_PATH: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[/\w\-_.]+.ya?ml$").expect("static regex"));
+
+pub(crate) struct Ctx<'a> {
     pub cap: u32,
+    /// The spec's variables, for the Deployment YAMLs it names.
+    pub source: &'a Source,
+    pub files: &'a dyn FileReader,
+    /// The files read so far, in the order read.
+    pub read: RefCell<Vec<String>>,
 }
 
 /// Python's `str.isidentifier()`, which Jina requires of Executor names.
@@ -137,18 +152,12 @@ fn resolve_args(
             d.error_at(e.kline, e.kcol, &field, format!("`{}` is an ambiguous abbreviation that makes Jina reject the spec: it could be {}; allowed: a full argument name", e.key, ambiguous.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")));
             continue;
         }
-        let mut msg = format!(
-            "unknown key `{}` in {what} is ignored (Jina drops unknown keys too)",
-            e.key
-        );
         let all = extra
             .iter()
             .chain(primary.iter())
             .chain(fallbacks.iter().flat_map(|f| f.iter()))
             .copied();
-        if let Some(s) = suggest(&e.key, all) {
-            msg.push_str(&format!("; did you mean `{s}`?"));
-        }
+        let msg = unknown_key(&e.key, what, all);
         d.warn_at(e.kline, e.kcol, &field, msg);
     }
     // An abbreviation does not override the same argument written in full.
@@ -301,11 +310,28 @@ fn listeners(
 }
 
 fn gateway(g: &GatewayIn, jc: Option<&Node>, d: &mut Diags) -> Gateway {
-    let listeners = listeners(
-        g.get(&["protocol", "protocols"]),
-        g.get(&["port", "ports", "port_expose", "port_in"]),
-        d,
-    );
+    let mut port = g.get(&["port", "ports", "port_expose", "port_in"]);
+    if let Some((n, f)) = &port
+        && let Some(old) = OLD_PORT_NAMES.iter().find(|k| f.ends_with(*k))
+    {
+        let unresolved = n.as_str().map(unresolved).unwrap_or_default();
+        if let Some(u) = unresolved.first() {
+            // Jina 3 only warns about such a port as it loads the Flow; it is what old Jina 2
+            // Flows wrote (`port_expose: $JINA_PORT`) for a port the platform chooses anyway.
+            d.warn(
+                n,
+                f,
+                format!(
+                    "{}; `{old}` is Jina 2's name for `port`: the gateway gets a free port",
+                    unresolved_note(u)
+                ),
+            );
+            port = None;
+        } else {
+            d.warn(n, f, format!("`{old}` is Jina 2's name for the gateway's `port`, which Jina 3 still reads: write `port`"));
+        }
+    }
+    let listeners = listeners(g.get(&["protocol", "protocols"]), port, d);
     let mut prefetch = 1000;
     if let Some((n, f)) = g.get(&["prefetch"])
         && let Some(v) = (Reader { d }).u32(n, &f, 0, u32::MAX, "an integer >= 0 (0 = unlimited)")
@@ -927,9 +953,13 @@ fn needs_of(n: Option<(&Node, String)>, d: &mut Diags) -> Option<NeedsAt> {
 struct Graph {
     executors: Vec<Executor>,
     needs_at: Vec<Option<NeedsAt>>,
+    /// The names of the inspect Executors left out, which nothing may need.
+    inspect: Vec<String>,
 }
 
 struct Naming {
+    /// Every name Jina gives a node, in order: the Executors, and the inspect Executors that
+    /// Zeroflow leaves out (they still count in Jina's `executor<N>` names and renames).
     names: Vec<String>,
     last: String,
 }
@@ -937,14 +967,21 @@ struct Naming {
 impl Naming {
     /// Jina's rule: a taken name gets the number of Executors so far appended.
     fn unique(&self, wanted: String, at: &Node, field: &str, d: &mut Diags) -> String {
-        if !self.names.contains(&wanted) {
-            return wanted;
+        let n = self.free(&wanted);
+        if n != wanted {
+            d.warn(at, field, format!("the name `{wanted}` is already used; Jina renames this Executor to `{n}`, and so does Zeroflow: give it a unique name"));
+        }
+        n
+    }
+
+    fn free(&self, wanted: &str) -> String {
+        if !self.names.iter().any(|n| n == wanted) {
+            return wanted.to_string();
         }
         let mut n = format!("{wanted}{}", self.names.len());
         while self.names.contains(&n) {
             n.push('_');
         }
-        d.warn(at, field, format!("the name `{wanted}` is already used; Jina renames this Executor to `{n}`, and so does Zeroflow: give it a unique name"));
         n
     }
 }
@@ -959,7 +996,7 @@ fn flow_item(
     d: &mut Diags,
 ) {
     if item.get("jtype").and_then(Node::as_str) == Some("Deployment") {
-        return inline_deployment(item, path, naming, g, ctx, d);
+        return inline_deployment(item, path, "an inline Deployment", naming, g, ctx, d);
     }
     let resolved = resolve_args(
         item,
@@ -976,8 +1013,14 @@ fn flow_item(
         d.warn(name_node.unwrap_or(item), &join_key(path, "name"), "an Executor named `gateway` is skipped, as Jina skips it: the gateway is configured in `with:` and `gateway:`");
         return;
     }
+    for k in OLD_PORT_NAMES {
+        if let Some(e) = item.entry(k) {
+            d.warn_at(e.kline, e.kcol, &join_key(path, k), format!("Jina 3 reads `{k}` (Jina 2's name for `port`) only for the gateway: ignored on an Executor; write `port` to set the Executor's own port"));
+        }
+    }
     let mut default_name = format!("executor{}", naming.names.len());
     let needs_given = needs_of(item.get("needs").map(|n| (n, join_key(path, "needs"))), d);
+    let mut join_hanging = false;
     if let Some(m) = item.get("method") {
         let mf = join_key(path, "method");
         match m.as_str() {
@@ -988,15 +1031,25 @@ fn flow_item(
                     d.error(m, &mf, "method `needs` joins several Executors: it needs a `needs` list of at least two names");
                 }
             }
-            Some("inspect") => d.error(m, &mf, "got \"inspect\": inspect Executors are not supported by Zeroflow; allowed: add, needs"),
-            _ => d.bad(m, &mf, "add or needs"),
+            Some("needs_all") => {
+                default_name = "joiner".into();
+                join_hanging = true;
+                if let Some(at) = &needs_given {
+                    d.error_at(at.line, at.col, &at.path, "method `needs_all` joins every Executor that no other one needs, and Jina fails when `needs` is given too; allowed: no `needs`, or `method: needs`");
+                }
+            }
+            Some("inspect") => return inspect_item(item, m, path, naming, g, d),
+            _ => d.bad(m, &mf, "add, needs, needs_all or inspect"),
         }
     }
     let nf = join_key(path, "name");
+    // Jina passes `joiner` to `add` as a name, which renames it when taken; `executor<N>` it
+    // does not check, and a second node of the same name replaces the first, so it is
+    // renamed here too.
     let name = match name_node {
-        None => default_name,
+        None => naming.unique(default_name, item, &nf, d),
         Some(n) => match &n.v {
-            Value::Null => default_name,
+            Value::Null => naming.unique(default_name, n, &nf, d),
             Value::Str(s) => {
                 if !is_identifier(s) {
                     d.bad(n, &nf, "a Python identifier (letters, digits and `_`, not starting with a digit), as Jina requires");
@@ -1018,6 +1071,14 @@ fn flow_item(
                 }
             }
             (v, Some(at))
+        }
+        None if join_hanging => {
+            let hanging = hanging(g);
+            if hanging.is_empty() {
+                let m = item.get("method").unwrap_or(item);
+                d.error(m, &join_key(path, "method"), "method `needs_all` joins the Executors that no other one needs, and there are none before it; allowed: `method: add`");
+            }
+            (hanging, None)
         }
         None => (vec![naming.last.clone()], None),
     };
@@ -1041,16 +1102,284 @@ fn flow_item(
     g.needs_at.push(needs_at);
 }
 
-/// An `executors:` item written as `jtype: Deployment` with its own `with:`.
-fn inline_deployment(
+/// Jina's `_hanging_deployments`: the Executors that are not floating and that no Executor needs,
+/// in the order they were added.
+fn hanging(g: &Graph) -> Vec<String> {
+    g.executors
+        .iter()
+        .filter(|e| !e.floating)
+        .filter(|e| !g.executors.iter().any(|o| o.needs.contains(&e.name)))
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// `method: inspect`. Jina adds an inspect Executor and a pass-through beside it, both reading the
+/// last Executor's output, and by default (`inspect: COLLECT`) joins what the inspect Executors
+/// return into the response. Zeroflow leaves both out: the Flow Jina builds with
+/// `inspect: REMOVE`. Their names still count in Jina's naming of the Executors after them.
+fn inspect_item(
     item: &Node,
+    method: &Node,
     path: &str,
+    naming: &mut Naming,
+    g: &mut Graph,
+    d: &mut Diags,
+) {
+    let wanted = item
+        .get("name")
+        .and_then(scalar_text)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "inspect".into());
+    let name = naming.free(&wanted);
+    naming.names.push(name.clone());
+    let aux = naming.free(&format!("_aux_{wanted}"));
+    naming.names.push(aux.clone());
+    g.inspect.extend([name.clone(), aux]);
+    d.warn(
+        method,
+        &join_key(path, "method"),
+        format!(
+            "`method: inspect` adds an inspect Executor (`{name}`) that reads what `{}` returns; Zeroflow does not run inspect Executors and leaves it out, which is the Flow Jina builds with `inspect: REMOVE`",
+            naming.last
+        ),
+    );
+}
+
+/// An `executors:` item that is a string, which Jina hands to `Deployment.load_config`: the path
+/// of a Deployment YAML, or a Deployment written out as YAML (`jtype: ...`, where each `|`
+/// starts a `with:` line, as in Jina) or as JSON. Anything else (a class name, a URL) is not a
+/// Deployment Jina can load here.
+#[allow(clippy::too_many_arguments)]
+fn deployment_ref(
+    item: &Node,
+    text: &str,
+    path: &str,
+    search: &[String],
     naming: &mut Naming,
     g: &mut Graph,
     ctx: &Ctx,
     d: &mut Diags,
 ) {
-    d.unknown_keys(item, path, &[INLINE_DEPLOYMENT], "an inline Deployment");
+    let s = text.trim();
+    if YAML_PATH.is_match(s) {
+        return deployment_file(item, s, path, search, naming, g, ctx, d);
+    }
+    if s.starts_with("http://") || s.starts_with("https://") {
+        d.error(
+            item,
+            path,
+            format!(
+                "got {}: Zeroflow does not download a Deployment YAML; allowed: a copy of it in the Flow's folder, named by its path",
+                describe(item)
+            ),
+        );
+        return;
+    }
+    let yaml = if s.starts_with("jtype") {
+        s.replace('|', "\n    with: ")
+    } else if s.starts_with('{') {
+        s.to_string()
+    } else {
+        d.bad(
+            item,
+            path,
+            "an Executor mapping, the path of a Deployment YAML (.yml or .yaml), or a Deployment as YAML or JSON text",
+        );
+        return;
+    };
+    let mut sub = Diags::default();
+    let root = crate::read_tree(&yaml, ctx.source, &mut sub, false);
+    if root.is_none() && s.contains('|') {
+        for x in &mut sub.errors {
+            x.message.push_str(" (Jina reads each `|` in this text as a new line `    with: `, and so does Zeroflow)");
+        }
+    }
+    // The text has no lines of its own in the spec: everything found in it points at the item.
+    for x in sub.errors.iter_mut().chain(sub.warnings.iter_mut()) {
+        x.line = item.line;
+        x.column = item.col;
+        x.field = if x.field.is_empty() {
+            path.to_string()
+        } else if x.field.starts_with('[') {
+            format!("{path}{}", x.field)
+        } else {
+            format!("{path}.{}", x.field)
+        };
+    }
+    d.absorb(sub, None);
+    if let Some(mut root) = root {
+        pin(&mut root, item.line, item.col);
+        deployment_doc(
+            &root,
+            path,
+            "the Deployment in this item",
+            None,
+            naming,
+            g,
+            ctx,
+            d,
+        );
+    }
+}
+
+/// Moves every node of `n` to `line`:`col`.
+fn pin(n: &mut Node, line: usize, col: usize) {
+    n.line = line;
+    n.col = col;
+    match &mut n.v {
+        Value::Seq(items) => items.iter_mut().for_each(|i| pin(i, line, col)),
+        Value::Map(entries) => {
+            for e in entries {
+                e.kline = line;
+                e.kcol = col;
+                pin(&mut e.value, line, col);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `a/b` from a search folder and a path as Jina's `os.path.join` makes it (an absolute path
+/// stays itself).
+fn join_path(base: &str, p: &str) -> String {
+    if base.is_empty() || p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("{}/{p}", base.trim_end_matches('/'))
+    }
+}
+
+/// A Deployment YAML named by its path: found as Jina finds it (`with.extra_search_paths`, then
+/// the Flow's folder), read through the caller's [`FileReader`], loaded as Jina loads it.
+#[allow(clippy::too_many_arguments)]
+fn deployment_file(
+    item: &Node,
+    name: &str,
+    path: &str,
+    search: &[String],
+    naming: &mut Naming,
+    g: &mut Graph,
+    ctx: &Ctx,
+    d: &mut Diags,
+) {
+    let mut tried: Vec<String> = Vec::new();
+    let mut found = None;
+    for base in search {
+        let p = join_path(base, name);
+        if tried.contains(&p) {
+            continue;
+        }
+        match ctx.files.read(&p) {
+            Ok(text) => {
+                found = Some((p, text));
+                break;
+            }
+            Err(FileError::NotFound) => tried.push(p),
+            Err(e) => {
+                d.error(
+                    item,
+                    path,
+                    format!("cannot read the Deployment YAML `{p}`: {e}"),
+                );
+                return;
+            }
+        }
+    }
+    let Some((file, text)) = found else {
+        let looked: Vec<String> = tried.iter().map(|t| format!("`{t}`")).collect();
+        d.error(
+            item,
+            path,
+            format!(
+                "the Deployment YAML {} is not there (looked for {}, relative to the Flow's folder)",
+                describe(item),
+                looked.join(", ")
+            ),
+        );
+        return;
+    };
+    ctx.read.borrow_mut().push(file.clone());
+    let mut sub = Diags::default();
+    if let Some(root) = crate::read_tree(&text, ctx.source, &mut sub, true) {
+        let dir = file.rsplit_once('/').map(|(dir, _)| dir);
+        deployment_doc(
+            &root,
+            "",
+            "a Deployment YAML",
+            dir,
+            naming,
+            g,
+            ctx,
+            &mut sub,
+        );
+    }
+    d.absorb(sub, Some(&file));
+}
+
+/// A Deployment (from a file when `dir` is its folder) added to the Flow as Jina's
+/// `Flow.add(deployment)` adds it: named by its position, after the last Executor.
+#[allow(clippy::too_many_arguments)]
+fn deployment_doc(
+    root: &Node,
+    path: &str,
+    what: &str,
+    dir: Option<&str>,
+    naming: &mut Naming,
+    g: &mut Graph,
+    ctx: &Ctx,
+    d: &mut Diags,
+) {
+    if root.get("jtype").and_then(Node::as_str) != Some("Deployment") {
+        let (at, got) = match root.get("jtype") {
+            Some(j) => (j, format!("`jtype: {}`", describe(j).trim_matches('"'))),
+            None => (root, "no `jtype`".to_string()),
+        };
+        d.error(at, &join_key(path, "jtype"), format!("got {got}, allowed: `jtype: Deployment` (Jina loads what a Flow names in `executors:` as a Deployment)"));
+        return;
+    }
+    let before = g.executors.len();
+    inline_deployment(root, path, what, naming, g, ctx, d);
+    if let (Some(dir), Some(e)) = (dir, g.executors.get_mut(before)) {
+        rebase(e, dir, ctx.files);
+    }
+}
+
+/// Jina looks for the files a Deployment YAML names in the Flow's folder first, then in the
+/// Deployment YAML's own: a relative path found only beside the Deployment YAML is made relative
+/// to the Flow's folder, where everything else in the spec is relative to.
+fn rebase(e: &mut Executor, dir: &str, files: &dyn FileReader) {
+    let fix = |p: &str| -> Option<String> {
+        if p.starts_with('/') || files.exists(p) {
+            return None;
+        }
+        let q = join_path(dir, p);
+        files.exists(&q).then_some(q)
+    };
+    for m in &mut e.py_modules {
+        if let Some(q) = fix(m) {
+            *m = q;
+        }
+    }
+    if let Uses::Config { path } = &mut e.uses
+        && let Some(q) = fix(path)
+    {
+        *path = q;
+    }
+}
+
+/// An `executors:` item written as `jtype: Deployment` with its own `with:`, or the Deployment
+/// YAML an item names (`what` says which, for messages).
+#[allow(clippy::too_many_arguments)]
+fn inline_deployment(
+    item: &Node,
+    path: &str,
+    what: &str,
+    naming: &mut Naming,
+    g: &mut Graph,
+    ctx: &Ctx,
+    d: &mut Diags,
+) {
+    d.unknown_keys(item, path, &[INLINE_DEPLOYMENT], what);
     if let Some(v) = item.entry("version") {
         d.error_at(
             v.kline,
@@ -1068,7 +1397,7 @@ fn inline_deployment(
         d.warn(
             n,
             &join_key(path, "needs"),
-            "Jina ignores `needs` on an inline Deployment: it follows the previous Executor",
+            format!("Jina ignores `needs` on {what}: it follows the previous Executor"),
         );
     }
     let wpath = join_key(path, "with");
@@ -1100,7 +1429,7 @@ fn inline_deployment(
         && n.as_str() != Some(name.as_str())
         && !n.is_null()
     {
-        d.warn(n, &join_key(&wpath, "name"), format!("Jina names an inline Deployment by its position: this Executor is `{name}` in the Flow graph, not {}", describe(n)));
+        d.warn(n, &join_key(&wpath, "name"), format!("Jina names {what} by its position: this Executor is `{name}` in the Flow graph, not {}", describe(n)));
     }
     let name = naming.unique(name, item, &join_key(path, "name"), d);
     let (jc, jc_path) = match (with.get("jcloud"), item.get("jcloud")) {
@@ -1146,6 +1475,14 @@ fn check_graph(g: &Graph, d: &mut Diags) {
                     ),
                 );
                 bad = true;
+            } else if g.inspect.contains(need) {
+                d.error_at(
+                    *line,
+                    *col,
+                    &at.path,
+                    format!("Executor `{}` needs `{need}`, an inspect Executor, which Zeroflow leaves out; allowed: an Executor that is not inspect, or `gateway`", e.name),
+                );
+                bad = true;
             } else if !known.contains(&need.as_str()) {
                 let mut msg = format!(
                     "Executor `{}` needs `{need}`, which is not in this Flow; known: {}",
@@ -1176,7 +1513,7 @@ fn check_graph(g: &Graph, d: &mut Diags) {
         done.insert(i);
         for (j, e) in g.executors.iter().enumerate() {
             if e.needs.iter().any(|n| n == names[i]) {
-                indeg[j] -= 1;
+                indeg[j] = indeg[j].saturating_sub(1);
                 if indeg[j] == 0 {
                     ready.push(j);
                 }
@@ -1265,6 +1602,14 @@ pub(crate) fn load_flow(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
         d,
     );
     let with = &resolved;
+    if let Some(n) = with.get("inspect")
+        && !n.is_null()
+        && !n.as_str().is_some_and(|s| {
+            ["COLLECT", "HANG", "REMOVE"].contains(&s.to_ascii_uppercase().as_str())
+        })
+    {
+        d.bad(n, "with.inspect", "COLLECT, HANG or REMOVE (any case)");
+    }
     let section = match root.get(GATEWAY) {
         None => None,
         Some(s) if s.is_null() => None,
@@ -1303,6 +1648,13 @@ pub(crate) fn load_flow(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
         .cloned()
         .collect();
 
+    // Jina looks for a Deployment YAML a Flow names in `with.extra_search_paths`, then in the
+    // Flow's folder.
+    let mut search = with
+        .get("extra_search_paths")
+        .map(|n| string_list(n, "with.extra_search_paths", d))
+        .unwrap_or_default();
+    search.push(String::new());
     let (list, list_key) = match (root.get("executors"), root.get("deployments")) {
         (Some(e), dep) => {
             if let Some(dn) = dep {
@@ -1319,6 +1671,7 @@ pub(crate) fn load_flow(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
     let mut g = Graph {
         executors: vec![],
         needs_at: vec![],
+        inspect: vec![],
     };
     let mut naming = Naming {
         names: vec![],
@@ -1330,9 +1683,17 @@ pub(crate) fn load_flow(root: &Node, ctx: &Ctx, d: &mut Diags) -> Flow {
             for (i, item) in items.iter().enumerate() {
                 let path = join_index(list_key, i);
                 match &item.v {
-                    Value::Map(_) => flow_item(item, &path, &inherited, &mut naming, &mut g, ctx, d),
-                    Value::Str(_) => d.bad(item, &path, "an Executor mapping (a path to a Deployment YAML is not supported: inline it as `jtype: Deployment`)"),
-                    _ => d.bad(item, &path, "an Executor mapping"),
+                    Value::Map(_) => {
+                        flow_item(item, &path, &inherited, &mut naming, &mut g, ctx, d)
+                    }
+                    Value::Str(s) => {
+                        deployment_ref(item, s, &path, &search, &mut naming, &mut g, ctx, d)
+                    }
+                    _ => d.bad(
+                        item,
+                        &path,
+                        "an Executor mapping, or the path of a Deployment YAML",
+                    ),
                 }
             }
         }

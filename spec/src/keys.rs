@@ -260,3 +260,66 @@ pub(crate) const UNSUPPORTED_EXECUTOR: &[&str] = &[
     "uses_before_address",
     "uses_after_address",
 ];
+
+/// Arguments of Jina 1 and 2 that Jina 3 no longer has (it drops them, with a warning), and what
+/// to write instead: Jina's own migration tips (`jina/parsers/deprecated.py`) where it has one.
+pub(crate) const LEGACY: &[(&str, &str)] = &[
+    ("override_with", "Jina 3 calls it `uses_with`"),
+    ("override_metas", "Jina 3 calls it `uses_metas`"),
+    ("override_requests", "Jina 3 calls it `uses_requests`"),
+    (
+        "parallel",
+        "Jina 3 has `shards` (to divide the data) and `replicas` (copies, for throughput) instead",
+    ),
+    ("https", "Jina 3 calls it `tls`"),
+    (
+        "restful",
+        "the gateway speaks gRPC unless the Flow sets `protocol: http`",
+    ),
+    (
+        "rest_api",
+        "the gateway speaks gRPC unless the Flow sets `protocol: http`",
+    ),
+    (
+        "pods",
+        "Jina 3 reads the Executors from `executors`, so this Flow has none from `pods`: rename it",
+    ),
+    ("compress_min_bytes", ""),
+    ("compress_min_ratio", ""),
+    ("ctrl_with_ipc", ""),
+    ("daemon", ""),
+    ("dynamic_routing", ""),
+    ("dynamic_routing_in", ""),
+    ("dynamic_routing_out", ""),
+    ("expose_public", ""),
+    ("host_out", ""),
+    ("hosts_in_connect", ""),
+    ("logserver", ""),
+    ("logserver_config", ""),
+    ("max_idle_time", ""),
+    ("memory_hwm", ""),
+    ("num_part", ""),
+    ("on_error_strategy", ""),
+    ("pea_id", ""),
+    ("pea_role", ""),
+    ("peas_hosts", ""),
+    ("port_ctrl", ""),
+    ("port_out", ""),
+    ("quiet_remote_logs", ""),
+    ("read_only", ""),
+    ("return_results", ""),
+    ("routing_table", ""),
+    ("runtime_backend", ""),
+    ("show_exc_info", ""),
+    ("skip_on_error", ""),
+    ("socket_in", ""),
+    ("socket_out", ""),
+    ("static_routing_table", ""),
+    ("upload_files", ""),
+    ("uses_internal", ""),
+    ("zmq_identity", ""),
+];
+
+/// Jina 2's names of the gateway's `port`, which Jina 3 still reads for the gateway (and nowhere
+/// else).
+pub(crate) const OLD_PORT_NAMES: &[&str] = &["port_expose", "port_in"];

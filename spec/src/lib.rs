@@ -1,11 +1,13 @@
 //! Jina Flow and Deployment YAML with JCloud's `jcloud:` extensions: parse, substitute variables,
-//! apply defaults, validate and normalize into [`model::Flow`]. Pure: no IO beyond what the caller
-//! passes in, no async, no knowledge of processes, sockets or Kubernetes.
+//! apply defaults, validate and normalize into [`model::Flow`], as Jina 3.34 loads them. Pure: no
+//! IO of its own (the files a spec names are read through the caller's [`FileReader`]), no
+//! async, no knowledge of processes, sockets or Kubernetes.
 
 pub mod model;
 pub mod when;
 
 mod diag;
+mod escape;
 mod flow;
 mod jcloud;
 mod keys;
@@ -43,10 +45,17 @@ pub struct Diagnostic {
     /// Dotted path of the field, e.g. `executors[0].jcloud.autoscale.min`.
     pub field: String,
     pub message: String,
+    /// The file `line` and `column` are in when it is not the spec itself: a Deployment YAML
+    /// that the Flow names, as the Flow names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}: ")?;
+        }
         if self.field.is_empty() {
             write!(
                 f,
@@ -87,53 +96,77 @@ impl fmt::Display for SpecError {
 pub struct Loaded {
     pub flow: Flow,
     pub warnings: Vec<Diagnostic>,
+    /// The files the spec named and the loader read (Deployment YAMLs in `executors:`), as
+    /// given to [`FileReader::read`]: what else, besides the spec, the result depends on.
+    pub files: Vec<String>,
 }
 
-/// Loads a Flow YAML, or a Deployment YAML (normalized into a one-Executor Flow).
+/// How the loader reads the files a spec names (a Flow's `executors:` item can be the path of a
+/// Deployment YAML). The caller decides what may be read: this crate does no IO of its own.
+pub trait FileReader {
+    /// The text of the file at `path`, a path relative to the spec's folder (as Jina resolves
+    /// it: the Flow's folder) or absolute, with `/` between its parts.
+    fn read(&self, path: &str) -> Result<String, FileError>;
+
+    /// Whether a file is at `path`, by the same rules as [`FileReader::read`].
+    fn exists(&self, path: &str) -> bool {
+        self.read(path).is_ok()
+    }
+}
+
+/// Why a file the spec names could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileError {
+    #[error("no such file")]
+    NotFound,
+    /// The caller does not let a spec read this file; the text says why.
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot read it: {0}")]
+    Unreadable(String),
+}
+
+/// For a spec given without its folder: every file it names is refused.
+pub struct NoFiles;
+
+impl FileReader for NoFiles {
+    fn read(&self, _path: &str) -> Result<String, FileError> {
+        Err(FileError::Refused(
+            "the spec was given without its folder, so the files it names cannot be read".into(),
+        ))
+    }
+}
+
+/// Loads a Flow YAML, or a Deployment YAML (normalized into a one-Executor Flow), with no files
+/// around it: [`load_with_files`] with [`NoFiles`].
+pub fn load(yaml: &str, source: &Source) -> Result<Loaded, SpecError> {
+    load_with_files(yaml, source, &NoFiles)
+}
+
+/// Loads a Flow YAML, or a Deployment YAML (normalized into a one-Executor Flow), reading the
+/// Deployment YAMLs a Flow names through `files`.
 ///
 /// Everything Jina 3.34 loads loads here with the same graph; keys Jina does not know are
 /// warnings, as are values JCloud adjusts; values Jina or JCloud would refuse are errors, all of
 /// them reported at once.
-pub fn load(yaml: &str, source: &Source) -> Result<Loaded, SpecError> {
+pub fn load_with_files(
+    yaml: &str,
+    source: &Source,
+    files: &dyn FileReader,
+) -> Result<Loaded, SpecError> {
     let fail = |errors: Vec<Diagnostic>| SpecError {
         source_name: source.name.clone(),
         errors,
     };
-    let parsed = yaml::parse(yaml).map_err(|e| {
-        fail(vec![Diagnostic {
-            line: e.line,
-            column: e.col,
-            field: String::new(),
-            message: format!("YAML syntax error: {}", e.message),
-        }])
-    })?;
     let mut d = diag::Diags::default();
-    let Some(mut root) = parsed.root else {
-        return Err(fail(vec![Diagnostic {
-            line: 1,
-            column: 1,
-            field: String::new(),
-            message: "the document is empty; expected a mapping with `jtype: Flow` or `jtype: Deployment`".into(),
-        }]));
-    };
-    for w in parsed.warnings {
-        let field = path_of(&root, w.line, w.col).unwrap_or_default();
-        d.warn_at(w.line, w.col, &field, w.message);
-    }
-    if !root.is_map() {
-        d.error(
-            &root,
-            "",
-            format!(
-                "got {}, allowed: a mapping with `jtype: Flow` or `jtype: Deployment`",
-                diag::describe(&root)
-            ),
-        );
+    let Some(root) = read_tree(yaml, source, &mut d, false) else {
         return Err(fail(d.errors));
-    }
-    vars::expand(&mut root, "", source, &mut d);
+    };
     let ctx = flow::Ctx {
         cap: source.max_replicas_cap.unwrap_or(DEFAULT_MAX_REPLICAS_CAP),
+        source,
+        files,
+        read: Default::default(),
     };
     let flow = match root.get("jtype") {
         Some(j) if j.as_str() == Some("Flow") => Some(flow::load_flow(&root, &ctx, &mut d)),
@@ -149,15 +182,93 @@ pub fn load(yaml: &str, source: &Source) -> Result<Loaded, SpecError> {
             None
         }
     };
-    d.errors.sort_by_key(|e| (e.line, e.column));
-    d.warnings.sort_by_key(|e| (e.line, e.column));
+    let order = |e: &Diagnostic| (e.file.clone(), e.line, e.column);
+    d.errors.sort_by_key(order);
+    d.warnings.sort_by_key(order);
     match flow {
         Some(flow) if d.errors.is_empty() => Ok(Loaded {
             flow,
             warnings: d.warnings,
+            files: ctx.read.into_inner(),
         }),
         _ => Err(fail(d.errors)),
     }
+}
+
+/// A spec's text as the substituted tree Jina would build from it: the `!Name` rewrite, the
+/// YAML, the variables. None, with the errors in `d`, when there is no mapping to load. `named`:
+/// the text is a Deployment YAML a Flow names, which Jina reads without the context (.env).
+pub(crate) fn read_tree(
+    text: &str,
+    source: &Source,
+    d: &mut diag::Diags,
+    named: bool,
+) -> Option<yaml::Node> {
+    let escaped = escape::escape(text);
+    let parsed = match yaml::parse(&escaped.text) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut message = format!("YAML syntax error: {}", e.message);
+            let near = escaped
+                .rewrites
+                .iter()
+                .find(|r| r.line == e.line || r.line + 1 == e.line);
+            if let Some(r) = near {
+                message.push_str(&format!(
+                    " (Jina rewrites `!{}` on line {} to `jtype: {}` before it reads the YAML, and so does Zeroflow; the line is read as rewritten)",
+                    r.name, r.line, r.name
+                ));
+            }
+            d.error_at(e.line, escaped.col(e.line, e.col), "", message);
+            return None;
+        }
+    };
+    let Some(mut root) = parsed.root else {
+        d.error_at(
+            1,
+            1,
+            "",
+            "the document is empty; expected a mapping with `jtype: Flow` or `jtype: Deployment`",
+        );
+        return None;
+    };
+    escaped.restore(&mut root);
+    for w in parsed.warnings {
+        let col = escaped.col(w.line, w.col);
+        let field = path_of(&root, w.line, col).unwrap_or_default();
+        d.warn_at(w.line, col, &field, w.message);
+    }
+    for r in escaped
+        .rewrites
+        .iter()
+        .filter(|r| r.in_word && !r.in_comment)
+    {
+        d.warn_at(
+            r.line,
+            r.col,
+            "",
+            format!(
+                "Jina rewrites `!{0}` to `jtype: {0}` wherever it is in the file, inside values too, and so does Zeroflow: this value now holds `jtype: {0}`; put a space after the `!` to keep it as written",
+                r.name
+            ),
+        );
+    }
+    if !root.is_map() {
+        d.error(
+            &root,
+            "",
+            format!(
+                "got {}, allowed: a mapping with `jtype: Flow` or `jtype: Deployment`",
+                diag::describe(&root)
+            ),
+        );
+        return None;
+    }
+    if named {
+        vars::warn_context(&root, "", source, d);
+    }
+    vars::expand(&mut root, "", source, d);
+    Some(root)
 }
 
 /// The dotted path of the mapping key written at `line`:`col`, if there is one.

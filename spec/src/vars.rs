@@ -97,6 +97,34 @@ pub(crate) fn expand(node: &mut Node, path: &str, src: &Source, diags: &mut Diag
     }
 }
 
+/// Warns about each `${{ context.X }}` / `${{ X }}` under `node` that the context defines: Jina
+/// loads a Deployment YAML that a Flow names without the context, so it leaves them as written.
+pub(crate) fn warn_context(node: &Node, path: &str, src: &Source, diags: &mut Diags) {
+    match &node.v {
+        Value::Str(s) => {
+            for c in VAR.captures_iter(s) {
+                if let Some(m) = c.get(2)
+                    && src.context.contains_key(m.as_str())
+                {
+                    let text = c.get(0).map_or("", |m| m.as_str());
+                    diags.warn_at(node.line, node.col, path, format!("Jina loads a Deployment YAML that a Flow names without the context (.env), so it leaves `{text}` as written; Zeroflow substitutes it"));
+                }
+            }
+        }
+        Value::Seq(items) => {
+            for (i, it) in items.iter().enumerate() {
+                warn_context(it, &join_index(path, i), src, diags);
+            }
+        }
+        Value::Map(entries) => {
+            for e in entries {
+                warn_context(&e.value, &join_key(path, &e.key), src, diags);
+            }
+        }
+        _ => {}
+    }
+}
+
 pub(crate) fn unresolved_note(u: &Unresolved) -> String {
     if u.from_context {
         format!(

@@ -4,7 +4,20 @@
 use proptest::prelude::*;
 use std::fs;
 use std::path::Path;
-use zeroflow_spec::{Source, load};
+use zeroflow_spec::{FileError, FileReader, Source, load, load_with_files};
+
+/// Gives the spec itself for every file it names, so that whatever the mutations make of the
+/// spec is also loaded as a Deployment YAML.
+struct Echo<'a>(&'a str);
+
+impl FileReader for Echo<'_> {
+    fn read(&self, path: &str) -> Result<String, FileError> {
+        if path.contains("missing") {
+            return Err(FileError::NotFound);
+        }
+        Ok(self.0.to_string())
+    }
+}
 
 /// xorshift64*: deterministic, so a failure reproduces from the printed case number.
 struct Rng(u64);
@@ -43,6 +56,17 @@ const TOKENS: &[&str] = &[
     "&a ",
     "*a",
     "!Flow ",
+    "!Deployment\n",
+    "Hello!World",
+    "!!str ",
+    "- dep.yml\n",
+    "- missing.yml\n",
+    "- 'jtype: Deployment|{uses: A}'\n",
+    "- '{\"jtype\": \"Deployment\"}'\n",
+    "method: inspect\n",
+    "method: needs_all\n",
+    "port_expose: $P\n",
+    "pods:\n",
     "<<: ",
     "~",
     "0",
@@ -119,7 +143,12 @@ fn source() -> Source {
 }
 
 fn check(text: &str) {
-    match load(text, &source()) {
+    check_loaded(text, load(text, &source()));
+    check_loaded(text, load_with_files(text, &source(), &Echo(text)));
+}
+
+fn check_loaded(text: &str, loaded: Result<zeroflow_spec::Loaded, zeroflow_spec::SpecError>) {
+    match loaded {
         Ok(l) => {
             let names: Vec<&str> = l.flow.executors.iter().map(|e| e.name.as_str()).collect();
             for e in &l.flow.executors {
@@ -202,6 +231,11 @@ proptest! {
 
     #[test]
     fn yamlish_text_never_panics(s in "(jtype: (Flow|Deployment)\n)?((executors|with|jcloud|gateway|needs|name|replicas|version|autoscale|min|max|-|  |: |\\[|\\]|\\{|\\}|\n|[a-z0-9]{1,4}|\\$\\{\\{ ENV.X \\}\\}|!Flow|&a|\\*a)){0,60}") {
+        check(&s);
+    }
+
+    #[test]
+    fn old_tag_text_never_panics(s in "(!(Flow|Deployment|x)\n)?((executors|deployments|with|uses|name|method|inspect|needs_all|- |  |: |'|\"|#|!|!!|[A-Za-z]{1,3}!?[A-Za-z]{0,3}|\\||\n|d\\.yml|jtype|é)){0,60}") {
         check(&s);
     }
 }

@@ -1,11 +1,30 @@
-//! Golden tests: every `specs/good/*.yml` loads to its sibling `.json` (the normalized Flow and
-//! the warnings), every `specs/bad/*.yml` fails with the exact text of its sibling `.err`.
+//! Golden tests: every `specs/good/*.yml` loads to its sibling `.json` (the normalized Flow, the
+//! warnings and the files it read), every `specs/bad/*.yml` fails with the exact text of its
+//! sibling `.err`. The files a spec names are read from its folder (subfolders hold the
+//! Deployment YAMLs that specs name; they are not specs of their own here).
 //! `UPDATE_GOLDEN=1 cargo test -p zeroflow-spec --test golden` rewrites the expected files.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use zeroflow_spec::{Source, load};
+use zeroflow_spec::{FileError, FileReader, Source, load_with_files};
+
+/// Reads what a spec names from the spec's folder, as `jc flow serve` does.
+struct Dir(PathBuf);
+
+impl FileReader for Dir {
+    fn read(&self, path: &str) -> Result<String, FileError> {
+        fs::read_to_string(self.0.join(path)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => FileError::NotFound,
+            _ => FileError::Unreadable(e.to_string()),
+        })
+    }
+}
+
+fn load(text: &str, path: &Path) -> Result<zeroflow_spec::Loaded, zeroflow_spec::SpecError> {
+    let dir = Dir(path.parent().expect("spec folder").to_path_buf());
+    load_with_files(text, &source_for(path), &dir)
+}
 
 fn specs(kind: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,12 +89,15 @@ fn good_specs_load_to_their_golden_json() {
     assert!(!files.is_empty());
     for path in files {
         let text = fs::read_to_string(&path).expect("read spec");
-        match load(&text, &source_for(&path)) {
+        match load(&text, &path) {
             Ok(loaded) => {
-                let out = serde_json::json!({
+                let mut out = serde_json::json!({
                     "flow": loaded.flow,
                     "warnings": loaded.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
                 });
+                if !loaded.files.is_empty() {
+                    out["files"] = serde_json::json!(loaded.files);
+                }
                 let actual = serde_json::to_string_pretty(&out).expect("serialize") + "\n";
                 check(&path.with_extension("json"), &actual, &mut failures);
             }
@@ -92,7 +114,7 @@ fn bad_specs_fail_with_their_golden_errors() {
     assert!(!files.is_empty());
     for path in files {
         let text = fs::read_to_string(&path).expect("read spec");
-        match load(&text, &source_for(&path)) {
+        match load(&text, &path) {
             Ok(_) => failures.push(format!("{} should fail but loaded", path.display())),
             Err(e) => {
                 assert!(
