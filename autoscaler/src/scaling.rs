@@ -73,10 +73,12 @@ impl ScalingSpec {
         (self.target * cfg.utilization()).max(TARGET_MIN)
     }
 
-    /// The panic window: a percentage of the stable window, rounded to whole seconds, at least 1 s.
+    /// The panic window: a percentage of the stable window, at least one bucket. Knative computes
+    /// it in nanoseconds and then covers it with whole one-second buckets (6.1 s reads 7 s); the
+    /// window does the same.
     pub fn panic_window(&self, cfg: &AutoscalerConfig) -> Duration {
-        let secs = self.stable_window.as_secs_f64() * cfg.panic_window_percentage / 100.0;
-        Duration::from_secs((secs.round() as u64).max(1))
+        let nanos = self.stable_window.as_nanos() as f64 * cfg.panic_window_percentage / 100.0;
+        Duration::from_nanos(nanos as u64).max(crate::window::BUCKET)
     }
 
     /// Replicas to start a new Executor with: the server's initial scale within [min, max].
