@@ -20,7 +20,9 @@ use crate::env::Env;
 /// The process groups this agent runs.
 pub struct Procs {
     dir: PathBuf,
-    live: Mutex<HashSet<i32>>,
+    /// The live groups; None once the agent is stopping, when nothing new may start (a
+    /// container stopped by `kill_all` must not be restarted by its pod worker).
+    live: Mutex<Option<HashSet<i32>>>,
 }
 
 impl Procs {
@@ -28,23 +30,31 @@ impl Procs {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Procs {
             dir,
-            live: Mutex::new(HashSet::new()),
+            live: Mutex::new(Some(HashSet::new())),
         })
     }
 
-    fn add(&self, pgid: i32) {
-        self.live.lock().insert(pgid);
+    /// Records a new group; false when the agent is stopping.
+    fn add(&self, pgid: i32) -> bool {
+        let mut live = self.live.lock();
+        let Some(live) = live.as_mut() else {
+            return false;
+        };
+        live.insert(pgid);
         let _ = std::fs::write(self.dir.join(pgid.to_string()), b"");
+        true
     }
 
     fn remove(&self, pgid: i32) {
-        self.live.lock().remove(&pgid);
+        if let Some(live) = self.live.lock().as_mut() {
+            live.remove(&pgid);
+        }
         let _ = std::fs::remove_file(self.dir.join(pgid.to_string()));
     }
 
     /// Stops every process group: SIGTERM, then SIGKILL to what is left after `grace`.
     pub async fn kill_all(&self, grace: Duration) {
-        let groups: Vec<i32> = self.live.lock().iter().copied().collect();
+        let groups: Vec<i32> = self.live.lock().take().into_iter().flatten().collect();
         if groups.is_empty() {
             return;
         }
@@ -62,7 +72,7 @@ impl Procs {
         }
         for &g in &groups {
             let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
-            self.remove(g);
+            let _ = std::fs::remove_file(self.dir.join(g.to_string()));
         }
     }
 }
@@ -98,7 +108,11 @@ pub async fn spawn(
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     let pgid = child.id().context("the process has no pid")? as i32;
-    ctx.procs.add(pgid);
+    if !ctx.procs.add(pgid) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let _ = child.wait().await;
+        anyhow::bail!("the node agent is stopping");
+    }
     let (out, err) = (child.stdout.take(), child.stderr.take());
     let logs = match (out, err) {
         (Some(out), Some(err)) => {

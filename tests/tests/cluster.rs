@@ -432,3 +432,120 @@ for name, path in [("get-pod", "/api/v1/namespaces/%s/pods/%s" % (ns, me)),
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_their_environment_init_containers_and_grace_period() -> Result<()> {
+    let cluster = TestCluster::up().await?;
+    let client = cluster.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"},
+               "data": {"A": "from-cm"}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sec"},
+               "stringData": {"PASS": "s3cret"}}),
+    ];
+    for o in &objects {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let ar = kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        let ar = if kind == "Secret" {
+            kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&())
+        } else {
+            ar
+        };
+        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), "default", &ar)
+            .patch(name, &ssa(), &apply(o))
+            .await?;
+    }
+
+    // An init container runs to completion first (in the pod's folder, the default working
+    // dir); the container's environment comes from envFrom, secretKeyRef, fieldRef and
+    // earlier variables, and `$(VAR)` in its command line is expanded as Kubernetes does.
+    let env_pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "env"},
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [{"name": "init", "image": "ignored",
+                                "command": ["sh", "-c", "echo init ran > init-marker"]}],
+            "containers": [{
+                "name": "main", "image": "ignored",
+                "command": ["sh", "-c",
+                    "cat init-marker; echo \"A=$A CM_A=$CM_A PASS=$PASS IP=$POD_IP X=$(X) ESC=\\$$(X) KUBECONFIG=${KUBECONFIG:+set}\""],
+                "envFrom": [{"configMapRef": {"name": "cm"}},
+                            {"prefix": "CM_", "configMapRef": {"name": "cm"}}],
+                "env": [
+                    {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "X", "value": "x-$(NAME)"},
+                    {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "PASS"}}},
+                ],
+            }],
+        },
+    });
+    pods.patch("env", &ssa(), &apply(&env_pod)).await?;
+    let pod = wait("the env pod to finish", Duration::from_secs(90), || async {
+        let p = pods.get("env").await.ok()?;
+        let phase = p.status.as_ref()?.phase.clone()?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
+    })
+    .await?;
+    let out = pods.logs("env", &LogParams::default()).await?;
+    let status = pod.status.context("status")?;
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"), "output: {out}");
+    let ip = status.pod_ip.context("podIP")?;
+    assert_eq!(
+        out,
+        format!(
+            "init ran\nA=from-cm CM_A=from-cm PASS=s3cret IP={ip} X=x-env ESC=$(X) KUBECONFIG=set\n"
+        )
+    );
+    let init = status
+        .init_container_statuses
+        .and_then(|s| s.into_iter().next())
+        .and_then(|s| s.state?.terminated)
+        .context("the init container terminated")?;
+    assert_eq!(
+        (init.exit_code, init.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+
+    // A process that ignores SIGTERM is killed when the grace period ends, then the pod is
+    // removed.
+    let stubborn = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "stubborn"},
+        "spec": {
+            "terminationGracePeriodSeconds": 3,
+            "containers": [{"name": "main", "image": "ignored",
+                "command": ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]}],
+        },
+    });
+    pods.patch("stubborn", &ssa(), &apply(&stubborn)).await?;
+    let pod = wait(
+        "the stubborn pod to run",
+        Duration::from_secs(90),
+        || async {
+            let p = pods.get("stubborn").await.ok()?;
+            let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
+            running.then_some(p)
+        },
+    )
+    .await?;
+    let pid = *container_pids(&pod).first().context("a process")?;
+    let asked = Instant::now();
+    pods.delete("stubborn", &Default::default()).await?;
+    wait(
+        "the stubborn pod to be removed",
+        Duration::from_secs(60),
+        || async { pods.get_opt("stubborn").await.ok()?.is_none().then_some(()) },
+    )
+    .await?;
+    let took = asked.elapsed();
+    assert!(!pid_alive(pid), "the process {pid} is gone");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "the process had its 3 s grace period, not {took:?}"
+    );
+    Ok(())
+}
