@@ -12,9 +12,11 @@
 #   - the container image is ignored: `command` + `args` run with the program looked up on the
 #     agent's PATH, which is this script's PATH (tests put target/debug and the venv's bin on it);
 #   - each Pod gets its own address 198.18.N.x (x from 2) and binds it itself (via $(POD_IP)).
-#     Not 127.0.0.x: the API server rejects loopback addresses in EndpointSlices. `up` makes
-#     198.18.0.0/15 (the benchmarking range, RFC 2544) local with `ip route add local ... dev lo`
-#     once (needs root or CAP_NET_ADMIN); the route stays, it is harmless;
+#     Not 127.0.0.x: the API server rejects loopback addresses in EndpointSlices. So the cluster
+#     runs inside a network namespace made for the test run, where 198.18.0.0/15 (RFC 2544's
+#     benchmarking range) is local on lo: `bash scripts/in-test-netns.sh COMMAND` makes one and
+#     runs COMMAND in it (scripts/test.sh runs the tests so). `up` refuses to run elsewhere: it
+#     never adds that route to a namespace it did not make;
 #   - the Node's address is 198.18.N.1: NodePorts listen there and the API server reaches the
 #     agent's logs server there;
 #   - ServiceAccount tokens come from the TokenRequest API into a kubeconfig named by KUBECONFIG
@@ -279,9 +281,7 @@ up() {
   trap 'status=$?; if [ $status -ne 0 ]; then echo "[test-cluster] up failed; stopping what it started" >&2; down || true; fi; rm -f "$DIR/pids/up.pid"' EXIT
 
   if ! ip route show table local "$POD_RANGE" | grep -q .; then
-    say "making $POD_RANGE local: ip route add local $POD_RANGE dev lo"
-    ip route add local "$POD_RANGE" dev lo 2>/dev/null || ip route show table local "$POD_RANGE" | grep -q . ||
-      die "could not add the local route for Pod addresses (needs root or CAP_NET_ADMIN): run \`sudo ip route add local $POD_RANGE dev lo\` once"
+    die "Pod addresses ($POD_RANGE) are not local in this network namespace: run inside the test network namespace, e.g. \`bash scripts/in-test-netns.sh bash scripts/test-cluster.sh up $DIR\` or \`bash scripts/in-test-netns.sh cargo test -p zeroflow-tests --test cluster\`"
   fi
   claim_slot
   NODE_IP="198.18.$SLOT.1"

@@ -17,10 +17,11 @@
 //!   image would set (`PATH`, `HOME`, the locale) come from this agent's environment.
 //! - **Addresses.** Each Pod gets its own address in the node's pod subnet (`--pod-subnet`, .2
 //!   to .254, reused once the Pod is gone) and its processes are expected to bind it (via
-//!   `$(POD_IP)`); there is no network namespace, so ports are not isolated otherwise. The
-//!   subnet must be local to this machine (`scripts/test-cluster.sh` adds a `local` route for
-//!   198.18.0.0/15 on `lo`): loopback addresses (127.0.0.0/8) cannot be used because the API
-//!   server rejects them in EndpointSlices.
+//!   `$(POD_IP)`); there is no network namespace per Pod, so ports are not isolated otherwise.
+//!   The subnet must be local where the agent runs: the whole test cluster runs inside a
+//!   network namespace made for the test run (`scripts/in-test-netns.sh`, where 198.18.0.0/15 is
+//!   local on `lo`); loopback addresses (127.0.0.0/8) cannot be used because the API server
+//!   rejects them in EndpointSlices.
 //! - **ServiceAccount tokens.** Instead of the projected token volume (no mount namespaces), a
 //!   Pod that mounts a token gets a bound token from the TokenRequest API, refreshed in its
 //!   folder, and `KUBECONFIG` pointing at a kubeconfig with the API server, its CA and that
@@ -70,7 +71,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: Ipv4Addr,
     /// The /24 that Pod addresses come from (.2 to .254). It must be local to this machine and
-    /// not loopback: `ip route add local 198.18.0.0/15 dev lo` makes 198.18.x.y local.
+    /// not loopback: `scripts/in-test-netns.sh` runs the cluster where 198.18.0.0/15 is local.
     #[arg(long, default_value = "198.18.0.0/24")]
     pod_subnet: String,
     /// Folder for the Pods' folders (ServiceAccount kubeconfig and token, default working dir)
