@@ -35,13 +35,19 @@ binary_ok() {
   [[ "$out" == *"$KUBE_VERSION"* ]]
 }
 
-# --- 1. etcd from Debian ---------------------------------------------------------------------
-if ! command -v etcd >/dev/null; then
-  [ "$(id -u)" = 0 ] || die "must run as root to apt-get install etcd-server"
-  step "apt-get install etcd-server"
+# --- 1. etcd from Debian, and the tools scripts/test-cluster.sh uses ---------------------------
+pkgs=()
+command -v etcd >/dev/null || pkgs+=(etcd-server)
+command -v openssl >/dev/null || pkgs+=(openssl)
+command -v curl >/dev/null || pkgs+=(curl)
+command -v ip >/dev/null || pkgs+=(iproute2)
+command -v flock >/dev/null || pkgs+=(util-linux)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "must run as root to apt-get install ${pkgs[*]}"
+  step "apt-get install ${pkgs[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null \
-    || die "apt-get install etcd-server failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null \
+    || die "apt-get install ${pkgs[*]} failed"
 fi
 step "etcd: $(etcd --version 2>/dev/null | sed -n 1p)"
 
