@@ -4,18 +4,18 @@
 //! the executor-shim stays as each Executor's entrypoint wrapper, and the gateway is `jc flow
 //! serve` calling the Executors' Services as external Executors. Pure: Flow in, objects out.
 
+use crate::kube::pod;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use zeroflow_spec::{Executor, Flow, Metric, Protocol, StorageKind, Uses};
 
 /// The port every container serves on: Knative routes to one declared port per container.
 pub const SERVING_PORT: u16 = 8080;
-/// Where the ConfigMap with the Flow (and inline Executor configs) is mounted.
-pub const CONFIG_DIR: &str = "/etc/zeroflow";
+/// Where the ConfigMap with the Flow (and inline Executor configs) is mounted, and where
+/// `jcloud.resources.storage` is, as on JCloud.
+pub use crate::kube::pod::{CONFIG_DIR, DATA_DIR};
 /// Where the init container puts the shim for the Executor container.
 const SHIM_DIR: &str = "/zeroflow";
-/// Where `jcloud.resources.storage` is mounted, as on JCloud.
-pub const DATA_DIR: &str = "/data";
 
 /// Knative features the rendered Services rely on, beyond a default install
 /// (`config-features` in `knative-serving`).
@@ -153,54 +153,14 @@ fn autoscale_annotations(e: &Executor) -> Value {
 
 /// CPU, memory and GPUs of a JCloud instance tier, as requests and limits.
 fn resources(r: &zeroflow_spec::Resources) -> Value {
-    let i = &r.instance;
-    let mut requests = serde_json::Map::new();
-    let mut limits = serde_json::Map::new();
-    if i.cpu > 0.0 {
-        let cpu = format!("{}m", (i.cpu * 1000.0).round() as u64);
-        requests.insert("cpu".into(), json!(cpu));
-        limits.insert("cpu".into(), json!(cpu));
-    }
-    if i.memory_gib > 0.0 {
-        let mem = format!("{}Mi", (i.memory_gib * 1024.0).round() as u64);
-        requests.insert("memory".into(), json!(mem));
-        limits.insert("memory".into(), json!(mem));
-    }
-    if i.gpus > 0 {
-        limits.insert("nvidia.com/gpu".into(), json!(i.gpus.to_string()));
-    }
-    if let Some(s) = &r.storage
-        && s.kind == StorageKind::Ephemeral
-        && let Some(size) = s.size
-    {
-        requests.insert("ephemeral-storage".into(), json!(size.to_string()));
-    }
-    json!({ "requests": requests, "limits": limits })
+    serde_json::to_value(pod::resources(r)).unwrap_or_default()
 }
 
 fn env_list(flow: &Flow, e: &Executor, shard: u32) -> Vec<Value> {
-    let mut env: BTreeMap<&str, Value> = BTreeMap::new();
-    for (k, v) in flow.env.iter().chain(&e.env) {
-        env.insert(k, json!({ "name": k, "value": v }));
-    }
-    if e.shards > 1 {
-        // As locally: which shard this Service is, for programs that are not `jina executor`.
-        env.insert(
-            "ZEROFLOW_SHARD_ID",
-            json!({ "name": "ZEROFLOW_SHARD_ID", "value": shard.to_string() }),
-        );
-        env.insert(
-            "ZEROFLOW_SHARDS",
-            json!({ "name": "ZEROFLOW_SHARDS", "value": e.shards.to_string() }),
-        );
-    }
-    for (k, s) in &e.env_from_secret {
-        env.insert(
-            k,
-            json!({ "name": k, "valueFrom": { "secretKeyRef": { "name": dns_label(&s.name, 253), "key": s.key } } }),
-        );
-    }
-    env.into_values().collect()
+    pod::executor_env(flow, e, shard)
+        .iter()
+        .map(|v| serde_json::to_value(v).unwrap_or_default())
+        .collect()
 }
 
 /// The Executor's own command inside its image (for shard `shard`), before the shim wraps it,
@@ -218,64 +178,27 @@ fn executor_process(
             e.name, e.name
         )
     };
-    if let Some(cmd) = &e.command {
-        let image = image.ok_or_else(|| need_image("`command:` runs a program of yours"))?;
-        return Ok((image, cmd.clone()));
-    }
-    // With storage, the workspace is on it (at DATA_DIR), so what the Executor keeps there
-    // outlives its pods; a relative `workspace` goes under it.
-    let workspace = match (&e.workspace, &e.jcloud.resources.storage) {
-        (Some(w), Some(_)) if !w.starts_with('/') => Some(format!("{DATA_DIR}/{w}")),
-        (None, Some(_)) => Some(DATA_DIR.to_string()),
-        (w, _) => w.clone(),
-    };
-    let e = &Executor {
-        workspace,
-        ..e.clone()
-    };
-    let args = |uses: String| {
-        crate::local::jina_executor_args(e, "jina", uses, shard, |p: &str| p.to_string())
-    };
-    match &e.uses {
-        Uses::PassThrough => Ok((
-            image.unwrap_or_else(|| opts.jina_image.clone()),
-            args("BaseExecutor".into()),
-        )),
-        Uses::Class { name } => {
-            let image = image.ok_or_else(|| {
-                need_image(&format!("`uses: {name}` is a class from your py_modules"))
-            })?;
-            Ok((image, args(name.clone())))
+    let image = match &e.uses {
+        _ if e.command.is_some() => {
+            image.ok_or_else(|| need_image("`command:` runs a program of yours"))?
         }
+        Uses::PassThrough | Uses::Inline { .. } => image.unwrap_or_else(|| opts.jina_image.clone()),
+        Uses::Class { name } => image.ok_or_else(|| {
+            need_image(&format!("`uses: {name}` is a class from your py_modules"))
+        })?,
         Uses::Config { path } => {
-            let image = image
-                .ok_or_else(|| need_image(&format!("`uses: {path}` is a config file of yours")))?;
-            Ok((image, args(path.clone())))
+            image.ok_or_else(|| need_image(&format!("`uses: {path}` is a config file of yours")))?
         }
-        Uses::Inline { config } => {
-            // jina's --uses takes a path: the mapping goes into the ConfigMap, mounted here.
-            let file = format!("{}.uses.yml", dns_label(&e.name, 200));
-            config_files.insert(file.clone(), config.to_string());
-            let image = image.unwrap_or_else(|| opts.jina_image.clone());
-            Ok((image, args(format!("{CONFIG_DIR}/{file}"))))
-        }
-        Uses::Docker { image: own } => {
-            // Images built for Jina (`jina hub push`) hold their config.yml in the working
-            // folder, which is what their own entrypoint runs.
-            let image = image.unwrap_or_else(|| own.clone());
-            Ok((image, args("config.yml".into())))
-        }
-        Uses::Hub { scheme, reference } => {
-            let image = image.ok_or_else(|| {
-                format!(
-                    "Executor {}: `uses: {scheme}://{reference}` names an Executor Hub image, \
-                     which Zeroflow cannot resolve offline: pass --image {}=IMAGE",
-                    e.name, e.name
-                )
-            })?;
-            Ok((image, args("config.yml".into())))
-        }
-    }
+        Uses::Docker { image: own } => image.unwrap_or_else(|| own.clone()),
+        Uses::Hub { scheme, reference } => image.ok_or_else(|| {
+            format!(
+                "Executor {}: `uses: {scheme}://{reference}` names an Executor Hub image, \
+                 which Zeroflow cannot resolve offline: pass --image {}=IMAGE",
+                e.name, e.name
+            )
+        })?,
+    };
+    Ok((image, pod::executor_command(e, shard, config_files)))
 }
 
 /// What every object of one export shares.
@@ -296,69 +219,42 @@ fn executor_service(
     warnings: &mut Vec<String>,
 ) -> (Value, Option<Value>) {
     let (flow, flow_name, namespace) = (ctx.flow, ctx.flow_name.as_str(), ctx.namespace.as_str());
-    let mut shim = vec![
-        format!("{SHIM_DIR}/zeroflow-shim"),
-        "--executor".into(),
-        e.name.clone(),
-        "--host".into(),
-        "0.0.0.0".into(),
-        "--port".into(),
-        SERVING_PORT.to_string(),
-        "--startup-timeout".into(),
-        secs(e.jcloud.autoscale.revision_timeout),
-        "--".into(),
-    ];
-    shim.extend(command);
+    let shim = pod::shim_command(
+        &format!("{SHIM_DIR}/zeroflow-shim"),
+        e,
+        ("0.0.0.0", SERVING_PORT),
+        vec![],
+        command,
+    );
     let mut mounts = vec![json!({ "name": "zeroflow-shim", "mountPath": SHIM_DIR })];
     let mut volumes = vec![json!({ "name": "zeroflow-shim", "emptyDir": {} })];
     let mut pvc = None;
     if let Some(s) = &e.jcloud.resources.storage {
-        match s.kind {
-            StorageKind::Ephemeral => {
-                let mut dir = json!({});
-                if let Some(size) = s.size {
-                    dir["sizeLimit"] = json!(size.to_string());
-                }
-                volumes.push(json!({ "name": "data", "emptyDir": dir }));
-            }
-            StorageKind::Efs | StorageKind::Ebs => {
-                let claim = format!("{name}-data");
-                // efs is shared by every replica; ebs is one disk, which JCloud does not let
-                // autoscale (the spec refuses the combination).
-                let mode = if s.kind == StorageKind::Efs {
-                    "ReadWriteMany"
+        let claim = format!("{name}-data");
+        let (volume, claim_spec) = pod::storage_volume(s, &claim);
+        volumes.push(serde_json::to_value(volume).unwrap_or_default());
+        if let Some(spec) = claim_spec {
+            pvc = Some(json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": claim,
+                    "namespace": namespace,
+                    "labels": labels(flow_name, name, &BTreeMap::new()),
+                },
+                "spec": spec,
+            }));
+            warnings.push(format!(
+                "Executor {}: its {} storage is a PersistentVolumeClaim ({claim}); Knative \
+                 needs kubernetes.podspec-persistent-volume-claim and \
+                 kubernetes.podspec-persistent-volume-write enabled",
+                e.name,
+                if s.kind == StorageKind::Efs {
+                    "efs"
                 } else {
-                    "ReadWriteOnce"
-                };
-                let size = s.size.unwrap_or(5_000_000_000);
-                pvc = Some(json!({
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "metadata": {
-                        "name": claim,
-                        "namespace": namespace,
-                        "labels": labels(flow_name, name, &BTreeMap::new()),
-                    },
-                    "spec": {
-                        "accessModes": [mode],
-                        "resources": { "requests": { "storage": size.to_string() } },
-                    },
-                }));
-                volumes.push(
-                    json!({ "name": "data", "persistentVolumeClaim": { "claimName": claim } }),
-                );
-                warnings.push(format!(
-                    "Executor {}: its {} storage is a PersistentVolumeClaim ({claim}); Knative \
-                     needs kubernetes.podspec-persistent-volume-claim and \
-                     kubernetes.podspec-persistent-volume-write enabled",
-                    e.name,
-                    if s.kind == StorageKind::Efs {
-                        "efs"
-                    } else {
-                        "ebs"
-                    }
-                ));
-            }
+                    "ebs"
+                }
+            ));
         }
         mounts.push(json!({ "name": "data", "mountPath": DATA_DIR }));
     }

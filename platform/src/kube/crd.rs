@@ -26,14 +26,9 @@ use std::collections::BTreeMap;
     derive = "PartialEq",
     doc = "A Jina Flow that Zeroflow runs: its gateway and one Deployment per Executor shard, \
            scaled to zero by the Flow's own autoscaler.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Endpoint",
-        type_ = "string",
-        json_path = ".status.endpoints.grpc",
-        priority = "1"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoints.grpc","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FlowSpec {

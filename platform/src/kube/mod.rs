@@ -4,6 +4,10 @@
 //! replicas from EndpointSlices and scales Executors through their `scale` subresource. It must
 //! not decide scaling (the autoscaler does) nor parse Flow YAML by hand (the spec crate does).
 
+pub mod controller;
 pub mod crd;
 pub mod names;
+pub mod pod;
+pub mod render;
 pub mod runtime;
+pub mod status;
