@@ -157,7 +157,11 @@ pub(crate) fn load_with_text(path: &Path) -> Result<(zeroflow_spec::Flow, String
         context: zeroflow_platform::server::project::read_dotenv(&dir),
         ..Default::default()
     };
-    match zeroflow_spec::load(&text, &source) {
+    let files = zeroflow_platform::server::project::SpecFiles {
+        dir,
+        confined: false,
+    };
+    match zeroflow_spec::load_with_files(&text, &source, &files) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {}: {w}", path.display());
@@ -413,5 +417,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_flow_loads_the_deployment_yaml_it_names_from_its_folder() {
+        let d = std::env::temp_dir().join(format!("zf-cli-serve-files-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("deps")).unwrap();
+        std::fs::write(
+            d.join("flow.yml"),
+            "jtype: Flow\nexecutors:\n  - name: first\n  - deps/enc.yml\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("deps/enc.yml"),
+            "!Deployment\nwith:\n  uses: Enc\n  shards: 2\n",
+        )
+        .unwrap();
+        let (flow, _) = super::load_with_text(&d).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+        let e = &flow.executors[1];
+        assert_eq!((e.name.as_str(), e.shards), ("executor1", 2));
+        assert_eq!(e.needs, ["first"]);
     }
 }

@@ -236,7 +236,15 @@ pub(crate) fn read_tree(
     for w in parsed.warnings {
         let col = escaped.col(w.line, w.col);
         let field = path_of(&root, w.line, col).unwrap_or_default();
-        d.warn_at(w.line, col, &field, w.message);
+        let mut message = w.message;
+        if let Some(r) = escaped
+            .rewrites
+            .iter()
+            .find(|r| r.line == w.line && r.col == col)
+        {
+            message.push_str(&format!(" (`!{0}` is read as `jtype: {0}`)", r.name));
+        }
+        d.warn_at(w.line, col, &field, message);
     }
     for r in escaped
         .rewrites

@@ -103,12 +103,32 @@ pub fn load_spec_with(
     yaml: &str,
     context: Option<&BTreeMap<String, String>>,
 ) -> Result<zeroflow_spec::Loaded, Vec<String>> {
+    load_spec_in(yaml, context, None)
+}
+
+/// [`load_spec_with`] that reads the Deployment YAMLs the spec names from its project folder
+/// `dir` (and nothing outside it); without a folder, a spec that names one is refused.
+pub fn load_spec_in(
+    yaml: &str,
+    context: Option<&BTreeMap<String, String>>,
+    dir: Option<&std::path::Path>,
+) -> Result<zeroflow_spec::Loaded, Vec<String>> {
     let source = Source {
         name: "spec".into(),
         context: context.cloned().unwrap_or_default(),
         ..Default::default()
     };
-    zeroflow_spec::load(yaml, &source).map_err(|e| e.errors.iter().map(|d| d.to_string()).collect())
+    let loaded = match dir {
+        Some(dir) => {
+            let files = project::SpecFiles {
+                dir: dir.to_path_buf(),
+                confined: true,
+            };
+            zeroflow_spec::load_with_files(yaml, &source, &files)
+        }
+        None => zeroflow_spec::load(yaml, &source),
+    };
+    loaded.map_err(|e| e.errors.iter().map(|d| d.to_string()).collect())
 }
 
 impl Controller {
@@ -166,8 +186,12 @@ impl Controller {
         yaml: &str,
         project: Option<&Project>,
     ) -> Result<Flow, SpecRejected> {
-        let loaded =
-            load_spec_with(yaml, project.map(|p| &p.context)).map_err(SpecRejected::Invalid)?;
+        let loaded = load_spec_in(
+            yaml,
+            project.map(|p| &p.context),
+            project.map(|p| p.dir.as_path()),
+        )
+        .map_err(SpecRejected::Invalid)?;
         let mut flow = loaded.flow;
         if let Some(p) = project {
             project::check_files(&flow, &p.dir).map_err(SpecRejected::Invalid)?;
@@ -298,10 +322,17 @@ impl Controller {
         {
             return Ok(loaded.clone());
         }
-        let loaded = load_spec_with(&rec.spec, Some(&context))?;
-        self.loaded
-            .lock()
-            .insert(rec.id.clone(), (rec.spec.clone(), context, loaded.clone()));
+        let dir = self
+            .registry
+            .as_ref()
+            .map(|r| r.cache_dir().join("projects").join(&rec.user).join(&rec.id));
+        let loaded = load_spec_in(&rec.spec, Some(&context), dir.as_deref())?;
+        // The spec alone does not say whether the files it names changed since.
+        if loaded.files.is_empty() {
+            self.loaded
+                .lock()
+                .insert(rec.id.clone(), (rec.spec.clone(), context, loaded.clone()));
+        }
         Ok(loaded)
     }
 
@@ -793,9 +824,13 @@ impl Controller {
         String,
     > {
         let project = self.stored_project(&rec.user, &rec.id).await?;
-        let mut flow = load_spec_with(&rec.spec, project.as_ref().map(|p| &p.context))
-            .map_err(|e| e.join("; "))?
-            .flow;
+        let mut flow = load_spec_in(
+            &rec.spec,
+            project.as_ref().map(|p| &p.context),
+            project.as_ref().map(|p| p.dir.as_path()),
+        )
+        .map_err(|e| e.join("; "))?
+        .flow;
         resolve_flow(&mut flow, &rec.user, self.resolver.as_ref()).await?;
         for e in &mut flow.executors {
             for (env, r) in &e.env_from_secret {

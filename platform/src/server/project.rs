@@ -174,6 +174,44 @@ fn inside(dir: &Path, p: &str) -> Result<PathBuf, String> {
     Ok(dir.join(path))
 }
 
+/// Reads the files a spec names (the Deployment YAMLs of a Flow's `executors:`) for
+/// [`zeroflow_spec::load_with_files`], relative to the spec's folder. `confined`: only files
+/// inside that folder, as for a deployed project, whose spec must not read the server's files;
+/// otherwise any file, as Jina reads them on the user's own machine (`jc flow serve`).
+pub struct SpecFiles {
+    pub dir: PathBuf,
+    pub confined: bool,
+}
+
+impl zeroflow_spec::FileReader for SpecFiles {
+    fn read(&self, path: &str) -> Result<String, zeroflow_spec::FileError> {
+        use zeroflow_spec::FileError;
+        let full = if self.confined {
+            if !self.dir.is_dir() {
+                return Err(FileError::Refused(
+                    "the Flow's project folder is not on this machine".into(),
+                ));
+            }
+            let full = inside(&self.dir, path).map_err(FileError::Refused)?;
+            // `inside` judges the path as written; a link in the project could still lead out.
+            match (full.canonicalize(), self.dir.canonicalize()) {
+                (Ok(real), Ok(root)) if !real.starts_with(&root) => {
+                    return Err(FileError::Refused(
+                        "it leads out of the project folder through a link".into(),
+                    ));
+                }
+                _ => full,
+            }
+        } else {
+            self.dir.join(path)
+        };
+        std::fs::read_to_string(&full).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => FileError::NotFound,
+            _ => FileError::Unreadable(e.to_string()),
+        })
+    }
+}
+
 /// The files a deployed spec names must be in its project: each Executor's `uses:` config, its
 /// `py_modules`, and the `py_modules` its config lists (relative to the config's folder).
 /// Errors name the Executor, the field and the file.
@@ -320,6 +358,53 @@ mod tests {
         zeroflow_spec::load(yaml, &zeroflow_spec::Source::default())
             .unwrap()
             .flow
+    }
+
+    #[test]
+    fn a_deployment_yaml_the_spec_names_is_read_from_inside_the_project_only() {
+        let d = temp("specfiles");
+        let out = temp("specfiles-outside");
+        std::fs::create_dir_all(d.join("deps")).unwrap();
+        let dep = "jtype: Deployment\nwith:\n  uses: Enc\n  replicas: 2\n";
+        std::fs::write(d.join("deps/enc.yml"), dep).unwrap();
+        std::fs::write(out.join("enc.yml"), dep).unwrap();
+        std::os::unix::fs::symlink(&out, d.join("link")).unwrap();
+        let load = |item: &str, files: &SpecFiles| {
+            let spec = format!("jtype: Flow\nexecutors:\n  - {item}\n");
+            zeroflow_spec::load_with_files(&spec, &zeroflow_spec::Source::default(), files)
+        };
+        let project = SpecFiles {
+            dir: d.clone(),
+            confined: true,
+        };
+        let loaded = load("deps/enc.yml", &project).unwrap();
+        assert_eq!(loaded.flow.executors[0].replicas, 2);
+        assert_eq!(loaded.files, ["deps/enc.yml"]);
+        for (item, why) in [
+            ("../enc.yml", "climbs out of the project folder"),
+            ("/etc/enc.yml", "it is an absolute path"),
+            (
+                "link/enc.yml",
+                "leads out of the project folder through a link",
+            ),
+        ] {
+            let err = load(item, &project).unwrap_err().to_string();
+            assert!(err.contains(why), "{item}: {err}");
+        }
+        // `jc flow serve` reads what the user's Flow names, wherever it is, as Jina does.
+        let own = SpecFiles {
+            dir: d.clone(),
+            confined: false,
+        };
+        assert!(load("link/enc.yml", &own).is_ok());
+        let gone = SpecFiles {
+            dir: d.join("not-here"),
+            confined: true,
+        };
+        let err = load("deps/enc.yml", &gone).unwrap_err().to_string();
+        assert!(err.contains("not on this machine"), "{err}");
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_dir_all(&out);
     }
 
     #[test]
