@@ -27,6 +27,17 @@ impl Server {
     /// [`Server::start`] with extra environment, and with `--data-dir` given as a path relative
     /// to the server's working folder when `relative` (the folder is `data`'s parent).
     pub fn start_with(data: &Path, port: u16, envs: &[(String, String)], relative: bool) -> Server {
+        Self::start_args(data, port, envs, relative, &[])
+    }
+
+    /// [`Server::start_with`] with more options for `jc server` (e.g. `--runtime kubernetes`).
+    pub fn start_args(
+        data: &Path,
+        port: u16,
+        envs: &[(String, String)],
+        relative: bool,
+        args: &[&str],
+    ) -> Server {
         let mut cmd = Command::new(bin("jc"));
         cmd.args(["server", "--port", &port.to_string(), "--data-dir"]);
         if relative {
@@ -40,6 +51,7 @@ impl Server {
         let child = cmd
             // Quick drains keep pause and remove prompt; the public client polls every 5 s.
             .args(["--drain-timeout", "5"])
+            .args(args)
             .env("PATH", path_with_venv())
             .env("JINA_OPTOUT_TELEMETRY", "1")
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
