@@ -356,8 +356,12 @@ impl Autoscaler {
             ex.no_decision = Some(why);
             return d;
         }
-        if let Some(was) = ex.no_decision.take() {
-            tracing::info!(executor, after = %was, "scaling decisions resume");
+        match ex.no_decision.take() {
+            Some(was @ NoDecision::NoData { .. }) => {
+                tracing::debug!(executor, after = %was, "scaling decisions resume")
+            }
+            Some(was) => tracing::info!(executor, after = %was, "scaling decisions resume"),
+            None => {}
         }
         let ready = ready.unwrap_or(0);
         let panic_window = ex.spec.panic_window(cfg);
