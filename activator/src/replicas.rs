@@ -119,6 +119,9 @@ pub struct ReplicaSet {
     /// Since when requests have been waiting for a first replica (for the cold-start metric).
     cold_since: Mutex<Option<Instant>>,
     meter: Mutex<ConcurrencyMeter>,
+    /// Every admitted call's time from arrival to answer (for the dashboard's rate and
+    /// percentiles).
+    latency: crate::latency::LatencyHistogram,
     metrics: Option<ActivatorMetrics>,
 }
 
@@ -141,6 +144,7 @@ impl ReplicaSet {
             failure: RwLock::new(None),
             cold_since: Mutex::new(None),
             meter: Mutex::new(ConcurrencyMeter::new(Instant::now())),
+            latency: Default::default(),
             metrics: None,
         }
     }
@@ -294,6 +298,11 @@ impl ReplicaSet {
     /// The activator's stat for this Executor over the period since the last call.
     pub fn report(&self, now: Instant) -> Stat {
         self.meter.lock().report(now, "activator")
+    }
+
+    /// How long this Executor's calls took since the set was made (cumulative; diff two).
+    pub fn latency(&self) -> crate::latency::LatencySnapshot {
+        self.latency.snapshot()
     }
 
     fn attempts(&self, replicas: usize) -> usize {
@@ -466,8 +475,9 @@ impl ReplicaSet {
                 self.executor
             )));
         }
-        self.meter.lock().start(Instant::now(), false);
-        Ok(Admitted(self))
+        let now = Instant::now();
+        self.meter.lock().start(now, false);
+        Ok(Admitted(self, now))
     }
 
     /// One unary call to a replica, queued while none is ready and retried on another while the
@@ -621,14 +631,19 @@ fn decode<M: Message + Default>(executor: &str, bytes: &[u8]) -> Result<M, Statu
     })
 }
 
-struct Admitted<'a>(&'a ReplicaSet);
+/// An admitted call, and when it arrived.
+struct Admitted<'a>(&'a ReplicaSet, Instant);
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         if self.0.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.quiet.notify_waiters();
         }
-        self.0.meter.lock().finish(Instant::now(), false);
+        let now = Instant::now();
+        self.0.meter.lock().finish(now, false);
+        self.0
+            .latency
+            .observe(now.saturating_duration_since(self.1));
     }
 }
 

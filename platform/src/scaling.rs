@@ -35,10 +35,30 @@ impl Drop for ScalingHandle {
     }
 }
 
+/// One change of an Executor's scale that the autoscaler made, with its reason: what the
+/// dashboard shows beside the replica counts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScaleDecision {
+    pub executor: String,
+    pub from: u32,
+    pub to: u32,
+    pub panic: bool,
+    pub reason: String,
+}
+
+/// Where a Flow's autoscaler tells its decisions (no receiver: they are dropped).
+pub type DecisionFeed = tokio::sync::broadcast::Sender<ScaleDecision>;
+
+/// A feed for one Flow's decisions; a few are kept for a slow reader.
+pub fn decision_feed() -> DecisionFeed {
+    tokio::sync::broadcast::channel(32).0
+}
+
 struct RuntimeScaler {
     runtime: Arc<dyn Runtime>,
     desired: Family<ExecutorLabel, Gauge>,
     panic: Family<ExecutorLabel, Gauge>,
+    decisions: DecisionFeed,
 }
 
 #[async_trait::async_trait]
@@ -51,6 +71,13 @@ impl Scaler for RuntimeScaler {
         self.panic
             .get_or_create(&label)
             .set(i64::from(decision.panic));
+        let _ = self.decisions.send(ScaleDecision {
+            executor: executor.to_string(),
+            from: decision.previous,
+            to: desired,
+            panic: decision.panic,
+            reason: decision.reason.clone(),
+        });
         self.runtime.scale(executor, desired);
     }
 
@@ -74,13 +101,13 @@ pub fn config_from_pairs(pairs: &[String]) -> Result<AutoscalerConfig, String> {
     Ok(cfg)
 }
 
-/// Starts scaling every autoscaled Executor of `flow`. `initial(e)` is what the runtime started
-/// it with.
+/// Starts scaling every autoscaled Executor of `flow`, telling each change to `decisions`.
 pub fn start(
     flow: &Flow,
     runtime: Arc<dyn Runtime>,
     cfg: AutoscalerConfig,
     registry: &mut Registry,
+    decisions: DecisionFeed,
 ) -> ScalingHandle {
     let now = tokio::time::Instant::now();
     let mut autoscaler = Autoscaler::new(cfg);
@@ -127,6 +154,7 @@ pub fn start(
         runtime: runtime.clone(),
         desired,
         panic,
+        decisions,
     });
     let driver = tokio::spawn(zeroflow_autoscaler::run(
         autoscaler.clone(),

@@ -150,6 +150,8 @@ pub struct RunningFlow {
     /// Activator and autoscaler metrics (the gateway keeps its own).
     pub registry: Arc<Mutex<Registry>>,
     pub timeouts: FlowTimeouts,
+    /// The autoscaler's changes of scale, with their reasons (for the dashboard).
+    pub decisions: crate::scaling::DecisionFeed,
     scaling: Option<ScalingHandle>,
     serving: Option<Serving>,
 }
@@ -195,6 +197,7 @@ impl RunningFlow {
             gateway,
             registry: Arc::new(Mutex::new(registry)),
             timeouts,
+            decisions: crate::scaling::decision_feed(),
             scaling: None,
             serving: None,
         })
@@ -226,6 +229,7 @@ impl RunningFlow {
             self.runtime.clone(),
             cfg,
             &mut self.registry.lock(),
+            self.decisions.clone(),
         );
         self.scaling = Some(handle);
     }
