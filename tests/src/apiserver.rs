@@ -23,8 +23,6 @@ use rcgen::{
 };
 use tokio::time::Instant;
 
-use crate::workspace_root;
-
 /// How long the server may take to answer `/healthz`: the test machines are busy 2-core boxes,
 /// where a cold start under a parallel `cargo test` can take tens of seconds.
 const START_DEADLINE: Duration = Duration::from_secs(120);
@@ -113,7 +111,6 @@ impl ApiServer {
                 .arg("--logger=zap"),
             &d.join("etcd.log"),
         )?;
-        let kc = kubeconfig.display();
         // The server retries etcd on its own, so both start at once; /healthz covers etcd too.
         let server = spawn(
             Command::new(&bin)
