@@ -196,13 +196,21 @@ impl Controller {
         if let Some(p) = project {
             project::check_files(&flow, &p.dir).map_err(SpecRejected::Invalid)?;
         }
+        if self.kube().is_some() {
+            // The cluster's pods run the Executors, container images too; pushed Executors
+            // must exist, as locally.
+            let mut pushed = flow.clone();
+            pushed
+                .executors
+                .retain(|e| !matches!(e.uses, zeroflow_spec::Uses::Docker { .. }));
+            resolve_flow(&mut pushed, user, self.resolver.as_ref())
+                .await
+                .map_err(SpecRejected::Unrunnable)?;
+            return Ok(flow);
+        }
         resolve_flow(&mut flow, user, self.resolver.as_ref())
             .await
             .map_err(SpecRejected::Unrunnable)?;
-        if self.kube().is_some() {
-            // The cluster's pods run the Executors, not this machine.
-            return Ok(flow);
-        }
         crate::local::LocalRuntime::new(
             &flow,
             self.local_options("check", project.map(|p| p.dir.as_path())),

@@ -160,9 +160,20 @@ impl KubeBackend {
         tasks.push(task.abort_handle());
     }
 
-    /// At server start: watches Flow resources (their status becomes the phase in the store)
-    /// and adopts what the cluster holds, retrying until the cluster answers.
+    /// At server start: runs the Flow controller (unless it runs elsewhere), watches Flow
+    /// resources (their status becomes the phase in the store) and adopts what the cluster
+    /// holds, retrying until the cluster answers.
     pub fn start(self: &Arc<Self>, ctrl: &Arc<Controller>) {
+        if self.opts.run_controller {
+            // Its metrics are not served by `jc server`; the registry only has to exist.
+            let mut registry = prometheus_client::registry::Registry::default();
+            let controller = crate::kube::controller::run(
+                self.client.clone(),
+                crate::kube::controller::ControllerOptions::default(),
+                &mut registry,
+            );
+            self.keep(tokio::spawn(controller));
+        }
         let (this, c) = (self.clone(), ctrl.clone());
         self.keep(tokio::spawn(async move { this.watch(&c).await }));
         let (this, c) = (self.clone(), ctrl.clone());
@@ -341,8 +352,8 @@ impl KubeBackend {
         Ok(())
     }
 
-    /// `spec.project` of a Flow deployed with a project folder, and the token its shims fetch
-    /// the archive with; None without one.
+    /// `spec.project` of a Flow deployed with a project folder (where its shims fetch the
+    /// archive, and its digest), and the token they fetch it with; None without one.
     async fn project_source(
         &self,
         ctrl: &Controller,
@@ -351,30 +362,17 @@ impl KubeBackend {
         let Some(registry) = &ctrl.registry else {
             return Ok(None);
         };
-        let key = zeroflow_artifacts::registry::Registry::project_key(&rec.user, &rec.id);
-        let record_key = format!("{}.json", key.trim_end_matches(".tar.gz"));
-        let bytes = match registry.store().get(&record_key).await {
-            Ok(b) => b,
-            Err(zeroflow_artifacts::ArtifactError::NotFound(_)) => return Ok(None),
-            Err(e) => {
-                return Err(KubeError::Refused(format!(
-                    "cannot read the Flow's project record: {e}"
-                )));
-            }
-        };
-        let record: zeroflow_artifacts::registry::ProjectRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| {
-                KubeError::Refused(format!(
-                    "the Flow's project record {record_key} is invalid: {e}"
-                ))
-            })?;
-        let digest = format!("sha256:{}", record.sha256);
-        let url = format!(
-            "{}/v1/artifacts/{digest}",
-            self.opts.advertise_url.trim_end_matches('/')
-        );
-        let token = artifact_token(&digest)?;
-        Ok(Some((ProjectSource { url, digest }, token)))
+        let digest = registry
+            .project_digest(&rec.user, &rec.id)
+            .await
+            .map_err(|e| KubeError::Refused(format!("cannot read the Flow's project: {e}")))?;
+        Ok(digest.map(|d| {
+            let source = ProjectSource {
+                url: ctrl.artifact_url(&d),
+                digest: d.to_string(),
+            };
+            (source, ctrl.artifact_token(&d))
+        }))
     }
 
     /// Deletes the Flow's namespace (and with it everything of the Flow), waits until it is
@@ -714,14 +712,6 @@ fn short_error(e: &kube::Error) -> String {
         kube::Error::Api(s) => s.message.clone(),
         e => e.to_string(),
     }
-}
-
-/// The token a Flow's shims present to fetch the archive with digest `digest`.
-fn artifact_token(digest: &str) -> Result<String, KubeError> {
-    Err(KubeError::Refused(format!(
-        "project folders cannot run on Kubernetes with this server yet: it does not serve \
-         /v1/artifacts/ (the archive {digest} stays in its store)"
-    )))
 }
 
 /// `app.kubernetes.io/managed-by=zeroflow-api`.

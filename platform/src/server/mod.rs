@@ -150,6 +150,10 @@ pub async fn run(
         }
     };
     let ctrl = control::Controller::new(store, cfg, resolver, Some(registry), backend);
+    if let Some(k) = &ctrl.cfg.kubernetes {
+        // Pods do not reach the listen address: they fetch archives from the advertised one.
+        ctrl.artifact_access.set_base_url(&k.advertise_url);
+    }
     if let Ok(addr) = listener.local_addr() {
         let base = format!("http://{}:{}", ctrl.cfg.public_host, addr.port());
         ctrl.artifact_access.set_base_url(&base);
