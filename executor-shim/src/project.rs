@@ -767,6 +767,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shims_starting_together_fetch_and_unpack_once() {
+        let s = store().await;
+        let src = s.source("/ok");
+        let runs = (0..4).map(|_| {
+            let src = src.clone();
+            tokio::spawn(async move { prepare(&src, "jina").await.map(|p| p.dir) })
+        });
+        let dirs: Vec<PathBuf> = futures::future::join_all(runs)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().unwrap())
+            .collect();
+        assert!(dirs.windows(2).all(|w| w[0] == w[1]), "{dirs:?}");
+        assert_eq!(s.hits(), 1, "one download for four shims");
+    }
+
+    #[tokio::test]
     async fn a_wrong_digest_is_refused_naming_both_and_nothing_is_kept() {
         let s = store().await;
         let mut src = s.source("/ok");
