@@ -1162,7 +1162,26 @@ fn deployment_ref(
 ) {
     let s = text.trim();
     if YAML_PATH.is_match(s) {
-        return deployment_file(item, s, path, search, naming, g, ctx, d);
+        let Some((file, text)) = find_file(item, s, path, search, ctx, d) else {
+            return;
+        };
+        ctx.read.borrow_mut().push(file.clone());
+        let mut sub = Diags::default();
+        if let Some(root) = crate::read_tree(&text, ctx.source, &mut sub, true) {
+            let dir = file.rsplit_once('/').map(|(dir, _)| dir);
+            deployment_doc(
+                &root,
+                "",
+                "a Deployment YAML",
+                dir,
+                naming,
+                g,
+                ctx,
+                &mut sub,
+            );
+        }
+        d.absorb(sub, Some(&file));
+        return;
     }
     if s.starts_with("http://") || s.starts_with("https://") {
         d.error(
@@ -1249,31 +1268,25 @@ fn join_path(base: &str, p: &str) -> String {
     }
 }
 
-/// A Deployment YAML named by its path: found as Jina finds it (`with.extra_search_paths`, then
-/// the Flow's folder), read through the caller's [`FileReader`], loaded as Jina loads it.
-#[allow(clippy::too_many_arguments)]
-fn deployment_file(
+/// The path and text of the Deployment YAML an item names, found as Jina finds it (in
+/// `with.extra_search_paths`, then in the Flow's folder) and read through the caller's
+/// [`FileReader`]; None after saying why.
+fn find_file(
     item: &Node,
     name: &str,
     path: &str,
     search: &[String],
-    naming: &mut Naming,
-    g: &mut Graph,
     ctx: &Ctx,
     d: &mut Diags,
-) {
+) -> Option<(String, String)> {
     let mut tried: Vec<String> = Vec::new();
-    let mut found = None;
     for base in search {
         let p = join_path(base, name);
         if tried.contains(&p) {
             continue;
         }
         match ctx.files.read(&p) {
-            Ok(text) => {
-                found = Some((p, text));
-                break;
-            }
+            Ok(text) => return Some((p, text)),
             Err(FileError::NotFound) => tried.push(p),
             Err(e) => {
                 d.error(
@@ -1281,39 +1294,21 @@ fn deployment_file(
                     path,
                     format!("cannot read the Deployment YAML `{p}`: {e}"),
                 );
-                return;
+                return None;
             }
         }
     }
-    let Some((file, text)) = found else {
-        let looked: Vec<String> = tried.iter().map(|t| format!("`{t}`")).collect();
-        d.error(
-            item,
-            path,
-            format!(
-                "the Deployment YAML {} is not there (looked for {}, relative to the Flow's folder)",
-                describe(item),
-                looked.join(", ")
-            ),
-        );
-        return;
-    };
-    ctx.read.borrow_mut().push(file.clone());
-    let mut sub = Diags::default();
-    if let Some(root) = crate::read_tree(&text, ctx.source, &mut sub, true) {
-        let dir = file.rsplit_once('/').map(|(dir, _)| dir);
-        deployment_doc(
-            &root,
-            "",
-            "a Deployment YAML",
-            dir,
-            naming,
-            g,
-            ctx,
-            &mut sub,
-        );
-    }
-    d.absorb(sub, Some(&file));
+    let looked: Vec<String> = tried.iter().map(|t| format!("`{t}`")).collect();
+    d.error(
+        item,
+        path,
+        format!(
+            "the Deployment YAML {} is not there (looked for {}, relative to the Flow's folder)",
+            describe(item),
+            looked.join(", ")
+        ),
+    );
+    None
 }
 
 /// A Deployment (from a file when `dir` is its folder) added to the Flow as Jina's
