@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use zeroflow_platform::local::LocalOptions;
+use zeroflow_platform::local::{LocalOptions, ZygotePool};
 use zeroflow_platform::runtime::RuntimeEvent;
 use zeroflow_platform::server::flows::{self, RunningFlow};
 use zeroflow_spec::Source;
@@ -220,6 +220,9 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
         .into_iter()
         .collect();
     opts.env.extend(flow.env.clone());
+    // The zygotes this Flow's Python replicas fork from: ours, stopped when we stop.
+    let zygotes = ZygotePool::from_env();
+    opts.zygotes = zygotes.clone();
 
     // Bind first, so a taken port fails before any Executor starts.
     let bound = if args.one_port {
@@ -378,7 +381,9 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
         // The metrics server still holds a handle; stopping the runtime is what matters.
         Err(r) => r.runtime.shutdown(r.timeouts.shutdown).await,
     }
-    zeroflow_platform::local::stop_zygotes().await;
+    if let Some(z) = &zygotes {
+        z.stop().await;
+    }
     if let Some(why) = failed.lock().take() {
         eprintln!("error: {why}");
         return EX_UNAVAILABLE;

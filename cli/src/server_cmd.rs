@@ -168,8 +168,8 @@ async fn serve(args: ServerArgs) -> i32 {
         "Create a token with: jc server token create NAME --data-dir {}",
         data_dir.display()
     );
+    // The control plane stops its Flows and their zygotes before it returns.
     let result = server::run(cfg, listener, shutdown_signal()).await;
-    zeroflow_platform::local::stop_zygotes().await;
     match result {
         Ok(()) => {
             eprintln!("Stopped.");

@@ -233,10 +233,6 @@ pub enum Exit {
     ProjectFailed { message: String },
 }
 
-/// What the shim tells whoever started it, on stdout, once: a line the runtime reads so it learns
-/// readiness the moment it happens instead of polling.
-pub const READY_LINE_PREFIX: &str = "ZEROFLOW_READY ";
-
 pub struct Shim {
     pub state: Arc<State>,
     config: ShimConfig,
@@ -452,7 +448,14 @@ impl Shim {
                     state.metrics.ready.set(1);
                     set_health(&health, ServingStatus::Serving).await;
                     tracing::info!(replica = %config.replica, startup_ms = started.elapsed().as_millis() as u64, "executor is serving");
-                    println!("{READY_LINE_PREFIX}grpc={grpc_addr} admin={admin_addr} startup_ms={}", started.elapsed().as_millis());
+                    // Whoever started the shim learns readiness from this line the moment it
+                    // happens, instead of polling.
+                    let line = zeroflow_contract::ReadyLine {
+                        grpc: grpc_addr.to_string(),
+                        admin: admin_addr.to_string(),
+                        startup_ms: started.elapsed().as_millis() as u64,
+                    };
+                    println!("{line}");
                     None
                 } else {
                     Some(Exit::NotReady { stderr_tail: child.tail.text() })

@@ -1,20 +1,33 @@
-//! The local runtime: every replica of every shard is an `zeroflow-shim` process wrapping the
-//! Executor's command. Readiness is pushed: the shim prints one ready line on stdout the moment
-//! the Executor serves, so nothing here polls.
+//! The local runtime: every replica of every shard is a `zeroflow-shim` process wrapping the
+//! Executor's command, on this machine. Readiness is pushed: the shim prints its ready line the
+//! moment the Executor serves, so nothing here polls. Split by job: [`command`] builds what a
+//! replica runs, [`process`] runs one replica, [`zygote`] keeps the Python zygotes replicas fork
+//! from, `plan` decides what each Executor's reconcile loop does; this module wires them behind
+//! [`Runtime`]. It must not decide how many replicas an Executor wants (the autoscaler and the
+//! control plane do) nor serve requests (the gateway and the activator do).
+
+pub mod command;
+mod plan;
+pub mod process;
+pub mod zygote;
 
 pub use crate::runtime::RuntimeEvent;
+pub use command::{
+    ReplicaCommand, check_program, executor_command, jina_executor_args, locate, workspace,
+};
+pub use process::{LogBook, ReplicaProcess, start_replica, start_replica_logged};
+pub use zygote::ZygotePool;
+
 use crate::runtime::{InitialReplicas, Runtime};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use plan::{Action, End, Failures, Report, SlotView, plan};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use zeroflow_activator::ReplicaSet;
-use zeroflow_shim::READY_LINE_PREFIX;
-use zeroflow_spec::{Executor, Flow, Uses};
+use zeroflow_spec::{Executor, Flow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -45,6 +58,15 @@ pub enum RuntimeError {
         replica: String,
         status: String,
         tail: String,
+    },
+    #[error(
+        "replica {replica} of Executor {executor} printed a malformed ready line ({why}): {line:?}. Are jc and zeroflow-shim from the same build?"
+    )]
+    BadReadyLine {
+        executor: String,
+        replica: String,
+        line: String,
+        why: zeroflow_contract::ReadyLineError,
     },
     #[error(
         "replica {replica} of Executor {executor} was not ready within {timeout:?}. Last lines of its output:\n{tail}"
@@ -78,10 +100,11 @@ pub struct LocalOptions {
     /// under it). None: a relative `workspace` is resolved from the Flow's folder, and without
     /// one Jina's default applies.
     pub workspace: Option<PathBuf>,
-    /// Fork `jina executor` replicas from a zygote that has imported jina once (see
-    /// [`zygote_socket`]): a Python Executor's cold start without Jina's 1.4 s import. On unless
-    /// `ZEROFLOW_ZYGOTE=0`.
-    pub zygote: bool,
+    /// The zygotes `jina executor` replicas fork from, having imported jina once: a Python
+    /// Executor's cold start without Jina's 1.4 s import. The pool belongs to whoever runs the
+    /// Flows (`jc flow serve`, `jc server`), which stops it; None: every replica starts its
+    /// own interpreter. [`LocalOptions::discover`] leaves it None.
+    pub zygotes: Option<Arc<ZygotePool>>,
 }
 
 impl LocalOptions {
@@ -112,71 +135,8 @@ impl LocalOptions {
             drain_timeout: Duration::from_secs(30),
             env: HashMap::new(),
             workspace: None,
-            zygote: std::env::var("ZEROFLOW_ZYGOTE").map_or(true, |v| v != "0"),
+            zygotes: None,
         }
-    }
-}
-
-fn describe(uses: &Uses) -> String {
-    match uses {
-        Uses::PassThrough => "no `uses` (pass-through)".into(),
-        Uses::Class { name } => name.clone(),
-        Uses::Config { path } => path.clone(),
-        Uses::Inline { .. } => "an inline config".into(),
-        Uses::Docker { image } => format!("docker://{image}"),
-        Uses::Hub { scheme, reference } => format!("{scheme}://{reference}"),
-    }
-}
-
-/// The command that runs one replica of shard `shard` of `exec` (before the shim wraps it).
-/// `{port}` is the Executor's port, filled in by the shim.
-pub fn executor_command(
-    exec: &Executor,
-    shard: u32,
-    opts: &LocalOptions,
-) -> Result<Vec<String>, RuntimeError> {
-    if let Some(cmd) = &exec.command {
-        let mut cmd = cmd.clone();
-        if let Some(first) = cmd.first_mut()
-            && !first.contains('/')
-            && let Some(dir) = &opts.bin_dir
-            && dir.join(&*first).exists()
-        {
-            *first = dir.join(&*first).to_string_lossy().into_owned();
-        }
-        return Ok(cmd);
-    }
-    let jina = opts.jina.to_string_lossy();
-    let exec = &Executor {
-        workspace: workspace(exec, opts),
-        ..exec.clone()
-    };
-    let jina_args =
-        |uses: String| jina_executor_args(exec, &jina, uses, shard, |p| resolve(&opts.flow_dir, p));
-    match &exec.uses {
-        Uses::PassThrough => Ok(jina_args("BaseExecutor".into())),
-        Uses::Class { name } => Ok(jina_args(name.clone())),
-        Uses::Config { path } => Ok(jina_args(resolve(&opts.flow_dir, path))),
-        Uses::Inline { config } => {
-            // jina's --uses takes a path; the inline mapping is written out as YAML-compatible
-            // JSON next to the other generated files.
-            let file = opts.work_dir.join(format!("{}.uses.yml", exec.name));
-            std::fs::create_dir_all(&opts.work_dir)
-                .and_then(|_| std::fs::write(&file, config.to_string()))
-                .map_err(|e| RuntimeError::Spawn {
-                    executor: exec.name.clone(),
-                    replica: "-".into(),
-                    source: e,
-                })?;
-            Ok(jina_args(file.to_string_lossy().into_owned()))
-        }
-        other => Err(RuntimeError::Unsupported {
-            executor: exec.name.clone(),
-            uses: describe(other),
-            why: "it names a container image, and this machine runs Executors as local processes; \
-                  give the Executor's config.yml or class with py_modules instead"
-                .into(),
-        }),
     }
 }
 
@@ -225,534 +185,14 @@ pub fn add_external(
     Ok(())
 }
 
-/// `jina executor` with the Executor's `uses_*` and `py_modules` (each path through `path`),
-/// on `{port}` of loopback: the shim in front of it is what others call.
-pub fn jina_executor_args(
-    exec: &Executor,
-    jina: &str,
-    uses: String,
-    shard: u32,
-    path: impl Fn(&str) -> String,
-) -> Vec<String> {
-    let mut v = vec![
-        jina.to_string(),
-        "executor".into(),
-        "--uses".into(),
-        uses,
-        "--name".into(),
-        exec.name.clone(),
-        "--host".into(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        "{port}".into(),
-        // One process: SIGTERM reaches the server itself (see jina-protocol.md).
-        "--native".into(),
-    ];
-    for (flag, map) in [
-        ("--uses-with", &exec.uses_with),
-        ("--uses-metas", &exec.uses_metas),
-        ("--uses-requests", &exec.uses_requests),
-    ] {
-        if !map.is_empty() {
-            v.push(flag.into());
-            v.push(serde_json::Value::Object(map.clone()).to_string());
-        }
-    }
-    if !exec.py_modules.is_empty() {
-        v.push("--py-modules".into());
-        for m in &exec.py_modules {
-            v.push(path(m));
-        }
-    }
-    if let Some(w) = &exec.workspace {
-        v.push("--workspace".into());
-        v.push(path(w));
-    }
-    if exec.shards > 1 {
-        // What a Jina Flow tells each shard: its `runtime_args.shard_id` names its workspace
-        // (`workspace/NAME/ID`), so the shards of a stateful Executor keep apart what they hold.
-        v.extend([
-            "--shards".into(),
-            exec.shards.to_string(),
-            "--shard-id".into(),
-            shard.to_string(),
-        ]);
-    }
-    v
-}
-
-/// Fails at once, naming what to install or fix, when the program a replica would run is not
-/// there: otherwise every replica start fails the same way and the Flow only gives up after
-/// several attempts, with the reason buried in the last one's output.
-fn check_program(exec: &Executor, cmd: &[String], opts: &LocalOptions) -> Result<(), RuntimeError> {
-    let Some(program) = cmd.first() else {
-        return Ok(());
-    };
-    let hint = if exec.command.is_none() {
-        "Python Executors run with Jina's own `jina executor`: install jina (see the README's \
-         setup), or set ZEROFLOW_JINA to its path"
-    } else {
-        "`command:` must name a program on PATH, or a path (relative to the Flow's folder)"
-    };
-    let fail = |why: &str| {
-        Err(RuntimeError::NotFound {
-            executor: exec.name.clone(),
-            program: program.clone(),
-            why: why.into(),
-            hint: hint.into(),
-        })
-    };
-    if program.contains('/') {
-        let path = opts.flow_dir.join(program);
-        return if executable(&path) {
-            Ok(())
-        } else if path.exists() {
-            fail("is not an executable file")
-        } else {
-            fail("does not exist")
-        };
-    }
-    match locate(program, Some(exec), opts) {
-        Some(_) => Ok(()),
-        None => fail("is not on PATH"),
-    }
-}
-
-fn executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// `program` as a replica of `exec` would find it: a path (from the Flow's folder), else the
-/// first executable of that name on the replica's PATH (the Executor's `env`, else the Flow's,
-/// else this process's).
-fn locate(program: &str, exec: Option<&Executor>, opts: &LocalOptions) -> Option<PathBuf> {
-    if program.contains('/') {
-        return Some(opts.flow_dir.join(program)).filter(|p| executable(p));
-    }
-    let path_var = exec
-        .and_then(|e| e.env.get("PATH").cloned())
-        .or_else(|| opts.env.get("PATH").cloned())
-        .or_else(|| std::env::var("PATH").ok())?;
-    std::env::split_paths(&path_var)
-        .map(|dir| opts.flow_dir.join(dir).join(program))
-        .find(|p| executable(p))
-}
-
-/// The zygote's program: see its docstring.
-const ZYGOTE_PY: &str = include_str!("zygote.py");
-
-/// The zygotes this process started, by interpreter: their socket, or None if one could not be
-/// started (replicas then start `jina executor` themselves, as without a zygote).
-static ZYGOTES: std::sync::LazyLock<Mutex<HashMap<Vec<String>, Option<Zygote>>>> =
-    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
-
-struct Zygote {
-    socket: PathBuf,
-    process: std::process::Child,
-}
-
-/// Stops the zygotes this process started and waits for them (a few seconds at most), so that
-/// nothing of ours outlives `jc` once it says it stopped. Their forks are gone by then: they
-/// drained with their replicas, or die with the zygote.
-pub async fn stop_zygotes() {
-    let zygotes: Vec<Zygote> = ZYGOTES.lock().drain().filter_map(|(_, z)| z).collect();
-    for mut z in zygotes {
-        let pid = nix::unistd::Pid::from_raw(z.process.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while matches!(z.process.try_wait(), Ok(None)) {
-            if tokio::time::Instant::now() >= deadline {
-                let _ = z.process.kill();
-                let _ = z.process.wait();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tracing::debug!(socket = %z.socket.display(), "zygote stopped");
-    }
-}
-
-/// The socket of the zygote for `opts.jina`'s interpreter, started on first use and shared by
-/// every Flow of this process. None when disabled, or when `jina` is not the console script of
-/// a Python that has jina (a wrapper, say): its replicas are started as they are.
-pub fn zygote_socket(opts: &LocalOptions) -> Option<PathBuf> {
-    if !opts.zygote {
-        return None;
-    }
-    let interpreter = jina_interpreter(opts)?;
-    let mut zygotes = ZYGOTES.lock();
-    let entry = zygotes.entry(interpreter.clone()).or_insert(None);
-    // None the first time, or after the zygote died (killed by hand, out of memory): start one.
-    let alive = entry
-        .as_mut()
-        .is_some_and(|z| matches!(z.process.try_wait(), Ok(None)));
-    if !alive {
-        if let Some(z) = entry.as_ref() {
-            tracing::warn!(socket = %z.socket.display(), "the zygote is gone; starting another");
-            // A zygote killed outright could not remove its folder.
-            if let Some(dir) = z.socket.parent() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-        *entry = match start_zygote(&interpreter) {
-            Ok(z) => Some(z),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the zygote; Python Executors start without it");
-                None
-            }
-        };
-    }
-    entry.as_ref().map(|z| z.socket.clone())
-}
-
-/// The interpreter (with its arguments) in the `#!` line of the `jina` console script.
-fn jina_interpreter(opts: &LocalOptions) -> Option<Vec<String>> {
-    let jina = locate(&opts.jina.to_string_lossy(), None, opts)?;
-    let text = std::fs::read_to_string(jina).ok()?;
-    // Only pip's console script: anything else named `jina` may do more than Jina's CLI.
-    if !text.contains("from jina_cli import main") {
-        return None;
-    }
-    let interpreter: Vec<String> = text
-        .lines()
-        .next()?
-        .strip_prefix("#!")?
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    (!interpreter.is_empty()).then_some(interpreter)
-}
-
-fn start_zygote(interpreter: &[String]) -> std::io::Result<Zygote> {
-    use std::os::unix::fs::DirBuilderExt;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    // Private to this user: whoever can connect can have it run commands.
-    let dir = std::env::temp_dir().join(format!(
-        "zeroflow-zygote-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    let script = dir.join("zygote.py");
-    std::fs::write(&script, ZYGOTE_PY)?;
-    let socket = dir.join("zygote.sock");
-    let mut cmd = std::process::Command::new(&interpreter[0]);
-    cmd.args(&interpreter[1..])
-        .arg(&script)
-        .arg(&socket)
-        .env("JINA_OPTOUT_TELEMETRY", "1")
-        .env("JINA_LOG_NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    // Its own process group: a Ctrl-C at the terminal (or `timeout`'s group signal) is for jc,
-    // which drains the replicas; the zygote and its forks must not die under them first.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    // SAFETY: prctl(2) only, between fork and exec: async-signal-safe, no allocation.
-    #[allow(unsafe_code)]
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let process = cmd.spawn()?;
-    tracing::info!(pid = process.id(), socket = %socket.display(), "zygote started");
-    Ok(Zygote { socket, process })
-}
-
-/// The absolute workspace of `exec`'s replicas, if it has one (see [`LocalOptions::workspace`]).
-pub fn workspace(exec: &Executor, opts: &LocalOptions) -> Option<String> {
-    match (&exec.workspace, &opts.workspace) {
-        (Some(w), Some(root)) if Path::new(w).is_relative() => {
-            Some(root.join(w).to_string_lossy().into_owned())
-        }
-        (Some(w), _) => Some(resolve(&opts.flow_dir, w)),
-        (None, Some(root)) => Some(root.to_string_lossy().into_owned()),
-        (None, None) => None,
-    }
-}
-
-fn resolve(dir: &Path, p: &str) -> String {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        p.to_string()
-    } else {
-        dir.join(path).to_string_lossy().into_owned()
-    }
-}
-
-const TAIL: usize = 40;
-
-/// Lines kept per replica in a [`LogBook`], and replicas remembered after they stop (so the logs
-/// of a crashed replica can still be read).
-const LOG_LINES: usize = 1000;
-const LOG_REPLICAS: usize = 64;
-
-/// Every replica's output (the shim's stdout and stderr), by replica id, for `logs` requests.
-/// Bounded: the last [`LOG_LINES`] lines of the last [`LOG_REPLICAS`] replicas.
-#[derive(Clone, Default)]
-pub struct LogBook {
-    inner: Arc<Mutex<LogBookInner>>,
-}
-
-#[derive(Default)]
-struct LogBookInner {
-    /// replica id -> (executor, lines)
-    replicas: BTreeMap<String, (String, VecDeque<String>)>,
-    /// Replica ids in the order they first logged, to forget the oldest.
-    order: VecDeque<String>,
-}
-
-impl LogBook {
-    pub fn push(&self, executor: &str, replica: &str, line: &str) {
-        let mut b = self.inner.lock();
-        if !b.replicas.contains_key(replica) {
-            if b.order.len() == LOG_REPLICAS
-                && let Some(old) = b.order.pop_front()
-            {
-                b.replicas.remove(&old);
-            }
-            b.order.push_back(replica.to_string());
-            b.replicas
-                .insert(replica.to_string(), (executor.to_string(), VecDeque::new()));
-        }
-        if let Some((_, lines)) = b.replicas.get_mut(replica) {
-            if lines.len() == LOG_LINES {
-                lines.pop_front();
-            }
-            lines.push_back(line.to_string());
-        }
-    }
-
-    /// replica id -> its output, for one Executor (or all with None).
-    pub fn snapshot(&self, executor: Option<&str>) -> BTreeMap<String, String> {
-        self.inner
-            .lock()
-            .replicas
-            .iter()
-            .filter(|(_, (e, _))| executor.is_none_or(|x| x == e))
-            .map(|(id, (_, lines))| {
-                (
-                    id.clone(),
-                    lines.iter().cloned().collect::<Vec<_>>().join("\n"),
-                )
-            })
-            .collect()
-    }
-}
-
-/// A running replica: a shim process and the addresses it reported.
-pub struct ReplicaProcess {
-    pub executor: String,
-    pub id: String,
-    pub grpc_addr: String,
-    pub admin_addr: String,
-    child: Child,
-    tail: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl ReplicaProcess {
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    pub fn output_tail(&self) -> String {
-        self.tail
-            .lock()
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// SIGTERM: the shim drains, stops its Executor, and exits.
-    pub async fn stop(mut self, grace: Duration) {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(replica = %self.id, "shim did not stop in time; killing it");
-            let _ = self.child.kill().await;
-        }
-    }
-
-    /// Resolves when the shim exits.
-    pub async fn wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.wait().await.ok()
-    }
-}
-
-fn push_tail(tail: &Mutex<VecDeque<String>>, line: String) {
-    let mut t = tail.lock();
-    if t.len() == TAIL {
-        t.pop_front();
-    }
-    t.push_back(line);
-}
-
-/// Starts one replica of shard `shard` and waits for its ready line.
-pub async fn start_replica(
-    exec: &Executor,
-    replica_id: &str,
-    shard: u32,
-    opts: &LocalOptions,
-) -> Result<ReplicaProcess, RuntimeError> {
-    start_replica_logged(exec, replica_id, shard, opts, None).await
-}
-
-/// [`start_replica`], also copying every output line into `logs`.
-pub async fn start_replica_logged(
-    exec: &Executor,
-    replica_id: &str,
-    shard: u32,
-    opts: &LocalOptions,
-    logs: Option<LogBook>,
-) -> Result<ReplicaProcess, RuntimeError> {
-    let cmd = executor_command(exec, shard, opts)?;
-    let mut shim = Command::new(&opts.shim);
-    if exec.command.is_none()
-        && let Some(socket) = zygote_socket(opts)
-    {
-        shim.arg("--zygote").arg(socket);
-    }
-    shim.arg("--executor")
-        .arg(&exec.name)
-        .arg("--replica")
-        .arg(replica_id)
-        .arg("--drain-timeout")
-        .arg(format!("{}ms", opts.drain_timeout.as_millis()))
-        .arg("--startup-timeout")
-        .arg(format!("{}ms", opts.startup_timeout.as_millis()))
-        .arg("--")
-        .args(&cmd)
-        .current_dir(&opts.flow_dir)
-        .envs(&opts.env)
-        .envs(&exec.env)
-        .env("ZEROFLOW_EXECUTOR_NAME", &exec.name)
-        // Which part of the Executor this process is, for programs that are not `jina executor`
-        // (which gets Jina's own --shard-id).
-        .env("ZEROFLOW_REPLICA_ID", replica_id)
-        .env("ZEROFLOW_SHARD_ID", shard.to_string())
-        .env("ZEROFLOW_SHARDS", exec.shards.to_string())
-        .envs(workspace(exec, opts).map(|w| ("ZEROFLOW_WORKSPACE", w)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    zeroflow_shim::child::set_parent_death_signal(&mut shim);
-    let mut child = shim.spawn().map_err(|e| RuntimeError::Spawn {
-        executor: exec.name.clone(),
-        replica: replica_id.into(),
-        source: std::io::Error::new(e.kind(), format!("{}: {e}", opts.shim.display())),
-    })?;
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let stderr_done = {
-        let tail = tail.clone();
-        let logs = logs.clone();
-        let (executor, replica) = (exec.name.clone(), replica_id.to_string());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("{line}");
-                if let Some(l) = &logs {
-                    l.push(&executor, &replica, &line);
-                }
-                push_tail(&tail, line);
-            }
-        })
-    };
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
-    {
-        let tail = tail.clone();
-        let (executor, replica) = (exec.name.clone(), replica_id.to_string());
-        tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix(READY_LINE_PREFIX)
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(rest.to_string());
-                    continue;
-                }
-                println!("{line}");
-                if let Some(l) = &logs {
-                    l.push(&executor, &replica, &line);
-                }
-                push_tail(&tail, line);
-            }
-        });
-    }
-    let text =
-        |t: &Arc<Mutex<VecDeque<String>>>| t.lock().iter().cloned().collect::<Vec<_>>().join("\n");
-    let ready = tokio::select! {
-        r = ready_rx => match r {
-            Ok(line) => Some(line),
-            // The shim's stdout closed without the ready line: it is exiting, which is a failed
-            // start, not a timeout. Its exit status and last output say why.
-            Err(_) => {
-                let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                    Ok(Ok(s)) => s.to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        "its output closed; killed".to_string()
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
-                return Err(RuntimeError::Failed { executor: exec.name.clone(), replica: replica_id.into(), status, tail: text(&tail) });
-            }
-        },
-        status = child.wait() => {
-            let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            // Let the output readers take the last lines.
-            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
-            return Err(RuntimeError::Failed { executor: exec.name.clone(), replica: replica_id.into(), status, tail: text(&tail) });
-        }
-        _ = tokio::time::sleep(opts.startup_timeout + Duration::from_secs(5)) => None,
-    };
-    let Some(line) = ready else {
-        let _ = child.kill().await;
-        return Err(RuntimeError::Timeout {
-            executor: exec.name.clone(),
-            replica: replica_id.into(),
-            timeout: opts.startup_timeout,
-            tail: text(&tail),
-        });
-    };
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(k).map(str::to_string))
-            .unwrap_or_default()
-    };
-    Ok(ReplicaProcess {
-        executor: exec.name.clone(),
-        id: replica_id.into(),
-        grpc_addr: field("grpc="),
-        admin_addr: field("admin="),
-        child,
-        tail,
-    })
-}
-
 /// A replica the runtime tracks: starting, ready, or stopping.
 struct Slot {
     id: String,
     shard: u32,
     admin: Option<String>,
     ready: bool,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Taken when the replica is told to stop.
+    stop: Option<oneshot::Sender<()>>,
 }
 
 #[derive(Debug)]
@@ -762,9 +202,19 @@ enum ReplicaEnd {
     Crashed { output: String, ran: Duration },
 }
 
-/// Consecutive failures after which an Executor is marked failed instead of retried.
-const MAX_FAILURES: u32 = 5;
+impl ReplicaEnd {
+    /// What the plan sees, and the replica's last output.
+    fn split(self) -> (End, String) {
+        match self {
+            ReplicaEnd::Stopped => (End::Stopped, String::new()),
+            ReplicaEnd::StartFailed(output) => (End::StartFailed, output),
+            ReplicaEnd::Crashed { output, ran } => (End::Crashed { ran }, output),
+        }
+    }
+}
 
+/// One Executor of the runtime: its replica sets (one per shard, shared with the gateway), the
+/// count asked for, and its replicas.
 struct ExecRuntime {
     exec: Executor,
     sets: Vec<Arc<ReplicaSet>>,
@@ -773,6 +223,89 @@ struct ExecRuntime {
     next_id: std::sync::atomic::AtomicU64,
     failed: Mutex<Option<String>>,
     logs: LogBook,
+}
+
+impl ExecRuntime {
+    fn new(exec: &Executor, sets: Vec<Arc<ReplicaSet>>, logs: LogBook) -> Self {
+        ExecRuntime {
+            exec: exec.clone(),
+            sets,
+            desired: tokio::sync::watch::channel(0).0,
+            slots: Mutex::new(vec![]),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+            failed: Mutex::new(None),
+            logs,
+        }
+    }
+
+    /// A new replica of `shard`, starting: its id and the receiver of its stop signal.
+    fn add_slot(&self, slots: &mut Vec<Slot>, shard: u32) -> (String, oneshot::Receiver<()>) {
+        let n = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = if self.exec.shards > 1 {
+            format!("{}-{shard}-{n}", self.exec.name)
+        } else {
+            format!("{}-{n}", self.exec.name)
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        slots.push(Slot {
+            id: id.clone(),
+            shard,
+            admin: None,
+            ready: false,
+            stop: Some(stop_tx),
+        });
+        (id, stop_rx)
+    }
+
+    fn mark_ready(&self, id: &str, admin: &str) {
+        if let Some(s) = self.slots.lock().iter_mut().find(|s| s.id == id) {
+            s.ready = true;
+            s.admin = Some(admin.to_string());
+        }
+    }
+
+    /// The Executor cannot run: every shard's callers are told why, and nothing is retried.
+    fn give_up(&self, failures: u32, output: &str, events: &broadcast::Sender<RuntimeEvent>) {
+        let why = format!("its replicas failed {failures} times in a row. Last output:\n{output}");
+        *self.failed.lock() = Some(why.clone());
+        for s in &self.sets {
+            s.set_failure(Some(why.clone()));
+        }
+        let _ = events.send(RuntimeEvent::ExecutorFailed {
+            executor: self.exec.name.clone(),
+            why,
+        });
+    }
+}
+
+/// One replica to run, as the reconcile loop hands it to a [`Launcher`]. Its task must end by
+/// sending how the replica ended on `ended`.
+struct Launch {
+    rt: Arc<ExecRuntime>,
+    id: String,
+    shard: u32,
+    stop: oneshot::Receiver<()>,
+    ended: mpsc::UnboundedSender<(String, ReplicaEnd)>,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+/// Runs the replicas the reconcile loop starts: shim processes here ([`Processes`]); scripted
+/// replicas in the loop's tests, which run on paused time.
+trait Launcher: Send + Sync {
+    fn launch(&self, replica: Launch);
+}
+
+/// Replicas as `zeroflow-shim` processes.
+struct Processes {
+    opts: Arc<LocalOptions>,
+}
+
+impl Launcher for Processes {
+    fn launch(&self, replica: Launch) {
+        tokio::spawn(run_replica(replica, self.opts.clone()));
+    }
 }
 
 /// Runs a Flow's Executors as shim processes and scales each to the replica count it is told.
@@ -815,17 +348,13 @@ impl LocalRuntime {
                 continue;
             }
             let cmd = executor_command(exec, 0, &opts)?;
-            check_program(exec, &cmd, &opts)?;
-            let (desired, _) = tokio::sync::watch::channel(0);
-            execs.push(Arc::new(ExecRuntime {
-                exec: exec.clone(),
-                sets,
-                desired,
-                slots: Mutex::new(vec![]),
-                next_id: std::sync::atomic::AtomicU64::new(0),
-                failed: Mutex::new(None),
-                logs: logs.clone(),
-            }));
+            cmd.write_files().map_err(|e| RuntimeError::Spawn {
+                executor: exec.name.clone(),
+                replica: "-".into(),
+                source: e,
+            })?;
+            check_program(exec, &cmd.argv, &opts)?;
+            execs.push(Arc::new(ExecRuntime::new(exec, sets, logs.clone())));
         }
         let (events, _) = tokio::sync::broadcast::channel(1024);
         Ok(LocalRuntime {
@@ -868,14 +397,19 @@ impl Runtime for LocalRuntime {
     fn start(&self, initial: &InitialReplicas) {
         // The zygote imports jina now, so that a Python Executor's first wake-up (often from
         // zero, seconds after the Flow starts) finds it ready.
-        if self.execs.iter().any(|e| e.exec.command.is_none()) {
-            zygote_socket(&self.opts);
+        if let Some(zygotes) = &self.opts.zygotes
+            && self.execs.iter().any(|e| e.exec.command.is_none())
+        {
+            zygotes.socket(&self.opts);
         }
+        let launcher: Arc<dyn Launcher> = Arc::new(Processes {
+            opts: self.opts.clone(),
+        });
         for e in &self.execs {
             e.desired.send_replace(initial(&e.exec));
             let task = tokio::spawn(reconcile_loop(
                 e.clone(),
-                self.opts.clone(),
+                launcher.clone(),
                 self.events.clone(),
             ));
             self.tasks.lock().push(task);
@@ -984,77 +518,74 @@ impl Runtime for LocalRuntime {
     }
 }
 
+/// Keeps one Executor at its desired replicas: carries out what [`plan`] decides each time the
+/// count asked for changes, a replica ends, or a backoff is over.
 async fn reconcile_loop(
     rt: Arc<ExecRuntime>,
-    opts: Arc<LocalOptions>,
-    events: tokio::sync::broadcast::Sender<RuntimeEvent>,
+    launcher: Arc<dyn Launcher>,
+    events: broadcast::Sender<RuntimeEvent>,
 ) {
     let mut desired_rx = rt.desired.subscribe();
-    let (end_tx, mut end_rx) = tokio::sync::mpsc::unbounded_channel::<(String, ReplicaEnd)>();
-    let mut failures: u32 = 0;
-    let mut hold_until: Option<tokio::time::Instant> = None;
+    let (end_tx, mut end_rx) = mpsc::unbounded_channel::<(String, ReplicaEnd)>();
+    let mut failures = Failures::default();
     loop {
         let desired = *desired_rx.borrow_and_update();
-        let failed = rt.failed.lock().is_some();
-        let holding = hold_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        let mut wake_at = None;
         {
             let mut slots = rt.slots.lock();
-            for shard in 0..rt.exec.shards {
-                let active: Vec<usize> = slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.shard == shard && s.stop.is_some())
-                    .map(|(i, _)| i)
-                    .collect();
-                let have = active.len() as u32;
-                if have < desired && !failed && !holding {
-                    for _ in have..desired {
-                        let n = rt
-                            .next_id
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let id = if rt.exec.shards > 1 {
-                            format!("{}-{shard}-{n}", rt.exec.name)
-                        } else {
-                            format!("{}-{n}", rt.exec.name)
-                        };
-                        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-                        slots.push(Slot {
-                            id: id.clone(),
-                            shard,
-                            admin: None,
-                            ready: false,
-                            stop: Some(stop_tx),
-                        });
-                        let _ = events.send(RuntimeEvent::ReplicaStarting {
-                            executor: rt.exec.name.clone(),
-                            replica: id.clone(),
-                        });
-                        tokio::spawn(run_replica(
-                            rt.clone(),
-                            opts.clone(),
-                            id,
-                            shard,
-                            stop_rx,
-                            end_tx.clone(),
-                            events.clone(),
-                        ));
+            let view: Vec<SlotView> = slots
+                .iter()
+                .map(|s| SlotView {
+                    id: &s.id,
+                    shard: s.shard,
+                    ready: s.ready,
+                    stopping: s.stop.is_none(),
+                })
+                .collect();
+            let actions = plan(
+                &view,
+                rt.exec.shards,
+                desired,
+                &failures,
+                tokio::time::Instant::now(),
+            );
+            for action in actions {
+                match action {
+                    Action::Start { shard, count } => {
+                        for _ in 0..count {
+                            let (id, stop) = rt.add_slot(&mut slots, shard);
+                            let _ = events.send(RuntimeEvent::ReplicaStarting {
+                                executor: rt.exec.name.clone(),
+                                replica: id.clone(),
+                            });
+                            launcher.launch(Launch {
+                                rt: rt.clone(),
+                                id,
+                                shard,
+                                stop,
+                                ended: end_tx.clone(),
+                                events: events.clone(),
+                            });
+                        }
                     }
-                } else if have > desired {
-                    // Stop the ones still starting first, then the newest ready ones: the
-                    // oldest replicas have warm caches.
-                    let mut order = active.clone();
-                    order.sort_by_key(|&i| (slots[i].ready, std::cmp::Reverse(i)));
-                    for &i in order.iter().take((have - desired) as usize) {
-                        if let Some(tx) = slots[i].stop.take() {
-                            // Out of rotation first, so no new request goes to a draining replica.
-                            rt.sets[shard as usize].remove_replica(&slots[i].id);
+                    Action::Stop { id, shard } => {
+                        if let Some(tx) = slots
+                            .iter_mut()
+                            .find(|s| s.id == id)
+                            .and_then(|s| s.stop.take())
+                        {
+                            // Out of rotation first, so no new request goes to a draining
+                            // replica.
+                            rt.sets[shard as usize].remove_replica(&id);
                             let _ = tx.send(());
                         }
                     }
+                    Action::HoldUntil(t) => wake_at = Some(t),
+                    // Only a replica's end gives up (below).
+                    Action::MarkFailed { .. } => {}
                 }
             }
         }
-        let wake_at = hold_until.filter(|t| tokio::time::Instant::now() < *t);
         tokio::select! {
             r = desired_rx.changed() => { if r.is_err() { return; } }
             Some((id, end)) = end_rx.recv() => {
@@ -1063,24 +594,15 @@ async fn reconcile_loop(
                     let pos = slots.iter().position(|s| s.id == id);
                     pos.map(|p| slots.remove(p).stop.is_none()).unwrap_or(true)
                 };
-                match end {
-                    ReplicaEnd::Stopped => {
-                        let _ = events.send(RuntimeEvent::ReplicaStopped { executor: rt.exec.name.clone(), replica: id });
-                    }
-                    ReplicaEnd::Crashed { output, ran } if !was_stopping || ran < Duration::from_secs(1) => {
-                        if ran > Duration::from_secs(30) { failures = 0; }
-                        failures += 1;
-                        let _ = events.send(RuntimeEvent::ReplicaCrashed { executor: rt.exec.name.clone(), replica: id, output: output.clone() });
-                        note_failure(&rt, &events, failures, output, &mut hold_until);
-                    }
-                    ReplicaEnd::Crashed { .. } => {
-                        let _ = events.send(RuntimeEvent::ReplicaStopped { executor: rt.exec.name.clone(), replica: id });
-                    }
-                    ReplicaEnd::StartFailed(output) => {
-                        failures += 1;
-                        let _ = events.send(RuntimeEvent::ReplicaCrashed { executor: rt.exec.name.clone(), replica: id, output: output.clone() });
-                        note_failure(&rt, &events, failures, output, &mut hold_until);
-                    }
+                let (end, output) = end.split();
+                let (report, action) = failures.on_end(end, was_stopping, tokio::time::Instant::now());
+                let executor = rt.exec.name.clone();
+                let _ = events.send(match report {
+                    Report::Stopped => RuntimeEvent::ReplicaStopped { executor, replica: id },
+                    Report::Crashed => RuntimeEvent::ReplicaCrashed { executor, replica: id, output: output.clone() },
+                });
+                if let Some(Action::MarkFailed { failures }) = action {
+                    rt.give_up(failures, &output, &events);
                 }
             }
             _ = async { match wake_at { Some(t) => tokio::time::sleep_until(t).await, None => futures::future::pending().await } } => {}
@@ -1088,39 +610,17 @@ async fn reconcile_loop(
     }
 }
 
-fn note_failure(
-    rt: &ExecRuntime,
-    events: &tokio::sync::broadcast::Sender<RuntimeEvent>,
-    failures: u32,
-    output: String,
-    hold_until: &mut Option<tokio::time::Instant>,
-) {
-    if failures >= MAX_FAILURES {
-        let why = format!("its replicas failed {failures} times in a row. Last output:\n{output}");
-        *rt.failed.lock() = Some(why.clone());
-        for s in &rt.sets {
-            s.set_failure(Some(why.clone()));
-        }
-        let _ = events.send(RuntimeEvent::ExecutorFailed {
-            executor: rt.exec.name.clone(),
-            why,
-        });
-    } else {
-        // Back off before the replacement: 200 ms, 400 ms, 800 ms, ...
-        let wait = Duration::from_millis(100u64 << failures.min(8));
-        *hold_until = Some(tokio::time::Instant::now() + wait);
-    }
-}
-
-async fn run_replica(
-    rt: Arc<ExecRuntime>,
-    opts: Arc<LocalOptions>,
-    id: String,
-    shard: u32,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-    ended: tokio::sync::mpsc::UnboundedSender<(String, ReplicaEnd)>,
-    events: tokio::sync::broadcast::Sender<RuntimeEvent>,
-) {
+/// One replica's life: its process starts, joins its shard's set once ready, and is stopped
+/// (drained) or found dead; how it ended goes back to the loop.
+async fn run_replica(replica: Launch, opts: Arc<LocalOptions>) {
+    let Launch {
+        rt,
+        id,
+        shard,
+        mut stop,
+        ended,
+        events,
+    } = replica;
     let started = tokio::time::Instant::now();
     let proc = tokio::select! {
         p = start_replica_logged(&rt.exec, &id, shard, &opts, Some(rt.logs.clone())) => p,
@@ -1152,13 +652,7 @@ async fn run_replica(
             }
         });
     }
-    {
-        let mut slots = rt.slots.lock();
-        if let Some(s) = slots.iter_mut().find(|s| s.id == id) {
-            s.ready = true;
-            s.admin = Some(proc.admin_addr.clone());
-        }
-    }
+    rt.mark_ready(&id, &proc.admin_addr);
     let ready_at = tokio::time::Instant::now();
     let _ = events.send(RuntimeEvent::ReplicaReady {
         executor: rt.exec.name.clone(),
@@ -1189,71 +683,213 @@ async fn run_replica(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
-    fn flow(yaml: &str) -> zeroflow_spec::Flow {
-        zeroflow_spec::load(yaml, &zeroflow_spec::Source::default())
-            .expect("loads")
-            .flow
+    /// What one scripted replica does.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Never becomes ready: fails after this long.
+        FailStart(Duration),
+        /// Ready after the first, then crashes after the second (None: serves until stopped).
+        Serve(Duration, Option<Duration>),
     }
 
-    fn opts(workspace: Option<&str>) -> LocalOptions {
-        let mut o = LocalOptions::discover("/flows/f".into(), "/flows/f/work".into());
-        o.jina = "jina".into();
-        o.workspace = workspace.map(PathBuf::from);
-        o
+    /// Replicas that follow a script, on tokio's (paused) clock: what the loop does with time
+    /// (backoff, giving up, which replica a scale-down stops) is tested here without processes;
+    /// real shims are in tests/tests/flow_serve.rs and scale_to_zero.rs.
+    struct Scripted {
+        script: Box<dyn Fn(usize) -> Script + Send + Sync>,
+        launched: Mutex<Vec<(String, Instant)>>,
     }
 
-    fn after<'a>(cmd: &'a [String], flag: &str) -> Option<&'a str> {
-        let at = cmd.iter().position(|a| a == flag)?;
-        cmd.get(at + 1).map(String::as_str)
+    impl Launcher for Scripted {
+        fn launch(&self, r: Launch) {
+            let script = {
+                let mut launched = self.launched.lock();
+                launched.push((r.id.clone(), Instant::now()));
+                (self.script)(launched.len() - 1)
+            };
+            tokio::spawn(async move {
+                let Launch {
+                    rt,
+                    id,
+                    mut stop,
+                    ended,
+                    events,
+                    ..
+                } = r;
+                let end = match script {
+                    Script::FailStart(after) => tokio::select! {
+                        _ = tokio::time::sleep(after) => ReplicaEnd::StartFailed(format!("{id} cannot start")),
+                        _ = &mut stop => ReplicaEnd::Stopped,
+                    },
+                    Script::Serve(ready, crash) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(ready) => {}
+                            _ = &mut stop => { let _ = ended.send((id, ReplicaEnd::Stopped)); return; }
+                        }
+                        rt.mark_ready(&id, "127.0.0.1:1");
+                        let _ = events.send(RuntimeEvent::ReplicaReady {
+                            executor: rt.exec.name.clone(),
+                            replica: id.clone(),
+                            startup_ms: ready.as_millis() as u64,
+                        });
+                        let ready_at = Instant::now();
+                        let crashed = async {
+                            match crash {
+                                Some(after) => tokio::time::sleep(after).await,
+                                None => futures::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            _ = crashed => ReplicaEnd::Crashed { output: format!("{id} crashed"), ran: ready_at.elapsed() },
+                            _ = &mut stop => ReplicaEnd::Stopped,
+                        }
+                    }
+                };
+                let _ = ended.send((id, end));
+            });
+        }
     }
 
-    #[test]
-    fn each_shard_is_told_its_id_as_jina_tells_it() {
-        let f = flow("jtype: Flow\nexecutors:\n  - name: a\n    shards: 3\n  - name: b\n");
-        let cmd = executor_command(&f.executors[0], 2, &opts(None)).unwrap();
-        assert_eq!(after(&cmd, "--shards"), Some("3"));
-        assert_eq!(after(&cmd, "--shard-id"), Some("2"));
-        // One shard: Jina's defaults (shard 0 of 1), so nothing is added.
-        let cmd = executor_command(&f.executors[1], 0, &opts(None)).unwrap();
-        assert_eq!(after(&cmd, "--shard-id"), None);
+    struct Looping {
+        rt: Arc<ExecRuntime>,
+        scripted: Arc<Scripted>,
+        events: broadcast::Receiver<RuntimeEvent>,
+        start: Instant,
     }
 
-    #[test]
-    fn the_workspace_is_the_flows_else_the_servers() {
-        let f = flow(
-            "jtype: Flow\nwith:\n  workspace: ws\nexecutors:\n  - name: a\n  - name: b\n    workspace: /abs\n",
-        );
-        let no = f.executors.iter().map(|e| {
-            let o = opts(None);
-            after(&executor_command(e, 0, &o).unwrap(), "--workspace").map(str::to_string)
-        });
-        assert_eq!(
-            no.collect::<Vec<_>>(),
-            [Some("/flows/f/ws".to_string()), Some("/abs".to_string())],
-            "`jc flow serve`: a relative workspace is the Flow folder's"
-        );
-        let server = f.executors.iter().map(|e| {
-            let o = opts(Some("/data/flows/x/workspace"));
-            after(&executor_command(e, 0, &o).unwrap(), "--workspace").map(str::to_string)
-        });
-        assert_eq!(
-            server.collect::<Vec<_>>(),
-            [
-                Some("/data/flows/x/workspace/ws".to_string()),
-                Some("/abs".to_string())
-            ],
-            "`jc server`: under the Flow's own data folder"
-        );
-        let none = flow("jtype: Flow\nexecutors:\n  - name: a\n");
-        let cmd = executor_command(
-            &none.executors[0],
-            0,
-            &opts(Some("/data/flows/x/workspace")),
+    impl Looping {
+        /// The launch times so far, from the loop's start.
+        fn launched_at(&self) -> Vec<Duration> {
+            let launched = self.scripted.launched.lock();
+            launched.iter().map(|(_, t)| *t - self.start).collect()
+        }
+
+        /// Waits (an hour of paused time at most) for the first event `pick` takes.
+        async fn until<T>(&mut self, mut pick: impl FnMut(&RuntimeEvent) -> Option<T>) -> T {
+            let wait = async {
+                loop {
+                    match self.events.recv().await {
+                        Ok(ev) => {
+                            if let Some(x) = pick(&ev) {
+                                return x;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => panic!("the events ended"),
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(3600), wait)
+                .await
+                .expect("the event within an hour of paused time")
+        }
+    }
+
+    /// One Executor `a` at `desired` replicas, its replicas following `script(n)`.
+    fn looping(desired: u32, script: impl Fn(usize) -> Script + Send + Sync + 'static) -> Looping {
+        let flow = zeroflow_spec::load(
+            "jtype: Flow\nexecutors:\n  - name: a\n",
+            &zeroflow_spec::Source::default(),
         )
-        .unwrap();
-        assert_eq!(after(&cmd, "--workspace"), Some("/data/flows/x/workspace"));
-        let cmd = executor_command(&none.executors[0], 0, &opts(None)).unwrap();
-        assert_eq!(after(&cmd, "--workspace"), None, "Jina's default");
+        .expect("loads")
+        .flow;
+        let exec = &flow.executors[0];
+        let sets = vec![Arc::new(ReplicaSet::new("a", exec.retries))];
+        let rt = Arc::new(ExecRuntime::new(exec, sets, LogBook::default()));
+        let scripted = Arc::new(Scripted {
+            script: Box::new(script),
+            launched: Mutex::new(vec![]),
+        });
+        let (events, rx) = broadcast::channel(1024);
+        rt.desired.send_replace(desired);
+        let start = Instant::now();
+        tokio::spawn(reconcile_loop(rt.clone(), scripted.clone(), events));
+        Looping {
+            rt,
+            scripted,
+            events: rx,
+            start,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_never_starts_is_retried_with_backoff_then_the_executor_fails() {
+        let mut l = looping(1, |_| Script::FailStart(ms(50)));
+        let why = l
+            .until(|ev| match ev {
+                RuntimeEvent::ExecutorFailed { why, .. } => Some(why.clone()),
+                _ => None,
+            })
+            .await;
+        assert!(
+            why.contains("failed 5 times in a row") && why.contains("a-4 cannot start"),
+            "{why}"
+        );
+        // Each start fails 50 ms in; the next waits 200, 400, 800, 1600 ms after that.
+        assert_eq!(
+            l.launched_at(),
+            [ms(0), ms(250), ms(700), ms(1550), ms(3200)]
+        );
+        assert_eq!(l.rt.failed.lock().as_deref(), Some(why.as_str()));
+        // Given up: nothing starts again, however long it waits.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(l.launched_at().len(), 5);
+        assert!(l.rt.slots.lock().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_served_a_while_before_crashing_is_replaced_without_giving_up() {
+        let mut l = looping(1, |_| Script::Serve(ms(10), Some(Duration::from_secs(31))));
+        l.until(|ev| {
+            matches!(ev, RuntimeEvent::ReplicaStarting { replica, .. } if replica == "a-7")
+                .then_some(())
+        })
+        .await;
+        // Ready at 10 ms, crashed 31 s later, replaced 200 ms after: a first failure each time.
+        let cycle = ms(10) + Duration::from_secs(31) + ms(200);
+        let want: Vec<Duration> = (0..8).map(|n| cycle * n).collect();
+        assert_eq!(l.launched_at(), want);
+        assert!(l.rt.failed.lock().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scaling_down_stops_the_starting_replica_then_the_newest_ready_one() {
+        // a-0 ready at 10 ms, a-1 at 20 ms, a-2 still starting (an hour); later ones at 10 ms.
+        let ready = [ms(10), ms(20), Duration::from_secs(3600)];
+        let mut l = looping(3, move |n| {
+            Script::Serve(ready.get(n).copied().unwrap_or(ms(10)), None)
+        });
+        l.until(|ev| {
+            matches!(ev, RuntimeEvent::ReplicaReady { replica, .. } if replica == "a-1")
+                .then_some(())
+        })
+        .await;
+        l.rt.desired.send_replace(1);
+        let mut stopped = vec![];
+        l.until(|ev| {
+            if let RuntimeEvent::ReplicaStopped { replica, .. } = ev {
+                stopped.push(replica.clone());
+            }
+            (stopped.len() == 2).then_some(())
+        })
+        .await;
+        stopped.sort();
+        assert_eq!(stopped, ["a-1", "a-2"]);
+        let left: Vec<String> = l.rt.slots.lock().iter().map(|s| s.id.clone()).collect();
+        assert_eq!(left, ["a-0"], "the oldest ready replica stays");
+        // And back up: a new replica, not a restarted one.
+        l.rt.desired.send_replace(2);
+        l.until(|ev| {
+            matches!(ev, RuntimeEvent::ReplicaReady { replica, .. } if replica == "a-3")
+                .then_some(())
+        })
+        .await;
+        assert_eq!(l.launched_at().len(), 4);
     }
 }

@@ -81,6 +81,9 @@ pub struct Controller {
     /// Tokens and URLs for `GET /v1/artifacts/{digest}` (see [`super::artifact_route`]).
     pub artifact_access: super::artifact_route::ArtifactAccess,
     cells: Mutex<HashMap<String, Arc<FlowCell>>>,
+    /// The zygotes every local Flow's Python replicas fork from (None: `ZEROFLOW_ZYGOTE=0`);
+    /// stopped with the server.
+    zygotes: Option<Arc<crate::local::ZygotePool>>,
     /// Set when the server stops: no new Flow starts after that.
     stopping: std::sync::atomic::AtomicBool,
     /// Loaded specs by Flow id, with the spec text and `.env` they came from: listing a
@@ -153,6 +156,7 @@ impl Controller {
             registry,
             jobs: Arc::new(super::jobs::Jobs::default()),
             cells: Mutex::new(HashMap::new()),
+            zygotes: crate::local::ZygotePool::from_env(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             loaded: Mutex::new(HashMap::new()),
         })
@@ -235,6 +239,7 @@ impl Controller {
         opts.workspace = Some(dir.join("workspace"));
         opts.startup_timeout = self.cfg.startup_timeout;
         opts.drain_timeout = self.cfg.drain_timeout;
+        opts.zygotes = self.zygotes.clone();
         opts
     }
 
@@ -678,6 +683,10 @@ impl Controller {
         });
         futures::future::join_all(stops).await;
         self.jobs.cancel_all();
+        // After the Flows: their replicas' forks drained first.
+        if let Some(z) = &self.zygotes {
+            z.stop().await;
+        }
     }
 
     // ---- the background work
