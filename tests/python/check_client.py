@@ -113,7 +113,8 @@ def hello_world(a):
     check(c.is_flow_ready(), 'is_flow_ready() is True')
     docs = DocList[TextDoc]([TextDoc(text=f't{i}') for i in range(3)])
     r = c.post('/', inputs=docs, return_type=DocList[TextDoc])
-    check(texts(r) == ['hello, world!'] * 3, f'the project Executor answered: {texts(r)}')
+    want = 'hello, world!' + a.suffix
+    check(texts(r) == [want] * 3, f'the project Executor answered: {texts(r)}')
 
 
 def when_flow(a):

@@ -12,9 +12,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-use zeroflow_tests::{bin, path_with_venv, python, run_python, temp_dir, wait_for};
+use zeroflow_tests::{bin, python, run_python, temp_dir, wait_for};
 
 const BUCKET: &str = "zeroflow-projects";
 
@@ -42,40 +42,6 @@ impl S3rver {
             .block_on(store.list(prefix))
             .expect("list the bucket")
     }
-}
-
-/// Our `jc` against `server`, not on a terminal.
-fn jc(server: &Server, token: &str, cwd: &Path, args: &[&str]) -> Output {
-    let out = Command::new(bin("jc"))
-        .args(args)
-        .current_dir(cwd)
-        .env("JCLOUD_API", server.url())
-        .env("JINA_AUTH_TOKEN", token)
-        .env("JINA_HUB_ROOT", cwd.join(".jina"))
-        .env("PATH", path_with_venv())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run jc");
-    println!(
-        "$ jc {}\n{}{}(exit {:?})",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status.code()
-    );
-    out
-}
-
-fn jc_json(server: &Server, token: &str, cwd: &Path, args: &[&str]) -> Value {
-    let out = jc(server, token, cwd, args);
-    assert!(
-        out.status.success(),
-        "jc {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("jc {args:?} printed no JSON ({e}): {text}"))
 }
 
 /// `jc new NAME` in `parent` (our template), with a `.env` value the spec uses and a
@@ -127,7 +93,7 @@ fn a_jc_new_project_deploys_to_s3_serves_and_comes_back_after_a_kill() {
     let work = temp_dir("project-s3-src");
     let proj = new_project(&work, "proj");
 
-    let v = jc_json(
+    let v = our_jc_json(
         &server,
         &token,
         &work,
@@ -137,7 +103,7 @@ fn a_jc_new_project_deploys_to_s3_serves_and_comes_back_after_a_kill() {
     // `.env` fed `${{ context.TEAM }}` when the server loaded the spec.
     assert_eq!(v["labels"]["team"], "zeroflow-team", "{v}");
 
-    let status = jc_json(&server, &token, &work, &["flow", "status", &id, "--json"]);
+    let status = our_jc_json(&server, &token, &work, &["flow", "status", &id, "--json"]);
     let gw = gateway(&status);
     run_python("check_client.py", &["hello_world", "--grpc", &gw]);
 
@@ -359,7 +325,7 @@ fn bad_archives_are_refused_and_a_failed_install_fails_the_flow() {
     let work = root.join("work");
     std::fs::create_dir_all(&work).unwrap();
     new_project(&work, "good");
-    let v = jc_json(
+    let v = our_jc_json(
         &server,
         &token,
         &work,
@@ -375,7 +341,7 @@ fn bad_archives_are_refused_and_a_failed_install_fails_the_flow() {
         "# a path that is not there\n./no-such-package-dir\n",
     )
     .unwrap();
-    let out = jc(
+    let out = our_jc(
         &server,
         &token,
         &work,

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 pub use zeroflow_tests::free_port;
 use zeroflow_tests::{
@@ -262,4 +262,38 @@ pub fn jcloud(server: &Server, token: &str, cwd: &Path, args: &[&str]) -> (bool,
     );
     println!("$ jc {}\n{text}", args.join(" "));
     (out.status.success(), text)
+}
+
+/// Our `jc` against `server`, not on a terminal.
+pub fn our_jc(server: &Server, token: &str, cwd: &Path, args: &[&str]) -> Output {
+    let out = Command::new(bin("jc"))
+        .args(args)
+        .current_dir(cwd)
+        .env("JCLOUD_API", server.url())
+        .env("JINA_AUTH_TOKEN", token)
+        .env("JINA_HUB_ROOT", cwd.join(".jina"))
+        .env("PATH", path_with_venv())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run jc");
+    println!(
+        "$ jc {}\n{}{}(exit {:?})",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    out
+}
+
+pub fn our_jc_json(server: &Server, token: &str, cwd: &Path, args: &[&str]) -> serde_json::Value {
+    let out = our_jc(server, token, cwd, args);
+    assert!(
+        out.status.success(),
+        "jc {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("jc {args:?} printed no JSON ({e}): {text}"))
 }
