@@ -596,3 +596,126 @@ fn kube_server_killed_mid_deploy_adopts_the_cluster() {
     );
     s.stop();
 }
+
+const RUNNING: &str = "jtype: Flow\nexecutors:\n  - name: echo\n    command: zeroflow-test-executor --append=-k\n  - name: lazy\n    command: zeroflow-test-executor --append=-z\n    jcloud:\n      autoscale:\n        min: 0\n        max: 2\n";
+
+const CRASHING: &str = "jtype: Flow\nexecutors:\n  - name: bad\n    command: [sh, -c, \"echo boom-from-the-executor; exit 3\"]\n";
+
+/// With the Flow controller in the server (as the manifests run it): a deployed Flow serves on
+/// the cluster, its phase, endpoint and replicas come from there, its pods' logs come through
+/// the API, a crash-looping Executor shows its reason and last lines, and remove leaves nothing.
+#[test]
+fn kube_server_runs_flows_with_its_controller() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt.block_on(TestCluster::up()).expect("the test cluster");
+    install_platform(&cluster);
+    let sa_kc = service_account_kubeconfig(&cluster);
+    let admin = cluster.client();
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+
+    let data = temp_dir("kube-server-controller-data");
+    let s = Server::start_args(
+        &data,
+        free_port(),
+        &[("KUBECONFIG".to_string(), sa_kc.display().to_string())],
+        false,
+        &["--runtime", "kubernetes"],
+    );
+    let alice = s.token("alice");
+    let id = deploy(&s, &alice, RUNNING);
+    let crash = deploy(&s, &alice, CRASHING);
+
+    let v = wait_for("the Flow Serving", Duration::from_secs(300), || {
+        let v = get(&s, &alice, &id);
+        assert_ne!(v["status"]["phase"], "Failed", "{v}");
+        (v["status"]["phase"] == "Serving").then_some(v)
+    });
+    let execs = v["status"]["executors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let of = |name: &str| {
+        execs
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+    };
+    assert_eq!(of("echo")["readyReplicas"], json!(1), "{v}");
+    assert_eq!(of("lazy")["atZero"], json!(true), "{v}");
+    let grpc = v["status"]["endpoints"]["gateway"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no gateway endpoint: {v}"))
+        .to_string();
+
+    // The endpoint answers, through the gateway pod to the Executor pod.
+    let texts = rt.block_on(async {
+        let mut c = zeroflow_tests::load::client(&grpc).await;
+        let answer = tokio::time::timeout(
+            DEADLINE,
+            c.process_single_data(zeroflow_tests::load::text_request("via-server", &["hi"])),
+        )
+        .await
+        .expect("an answer within the deadline")
+        .expect("a gRPC answer")
+        .into_inner();
+        zeroflow_tests::load::doc_texts(&answer)
+    });
+    assert!(texts[0].starts_with("hi-k"), "{texts:?}");
+
+    // Logs by pod: the Executor's pod, and the gateway's beside the server's events.
+    let (st, _, v) = s.call(
+        "GET",
+        &format!("/flows/{id}/executors/echo/logs"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let logs = v["logs"].as_object().cloned().unwrap_or_default();
+    assert!(
+        logs.keys().any(|k| k.starts_with("exec-echo-")),
+        "the Executor's pod in its logs: {v}"
+    );
+    let (st, _, v) = s.call(
+        "GET",
+        &format!("/flows/{id}/gateway/logs"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let logs = v["logs"].as_object().cloned().unwrap_or_default();
+    assert!(logs.contains_key(&format!("gateway-{id}")), "{v}");
+    assert!(
+        logs.keys()
+            .any(|k| k.starts_with("gateway-") && k != &format!("gateway-{id}")),
+        "the gateway's pod in its logs: {v}"
+    );
+
+    // A crash-looping Executor: Failed, naming the reason and its last lines.
+    let v = wait_for("the crashing Flow Failed", Duration::from_secs(300), || {
+        let v = get(&s, &alice, &crash);
+        (v["status"]["phase"] == "Failed").then_some(v)
+    });
+    let err = v["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("CrashLoopBackOff") && err.contains("boom-from-the-executor"),
+        "{v}"
+    );
+
+    // Remove: nothing of either Flow is left.
+    for f in [&id, &crash] {
+        let (st, _, v) = s.call("DELETE", &format!("/flows/{f}"), Some(&alice), None);
+        assert_eq!(st, 200, "{v}");
+    }
+    for f in [&id, &crash] {
+        wait_for("Deleted", Duration::from_secs(300), || {
+            (get(&s, &alice, f)["status"]["phase"] == "Deleted").then_some(())
+        });
+        assert!(
+            rt.block_on(namespaces.get_opt(&format!("zf-{f}")))
+                .unwrap()
+                .is_none()
+        );
+    }
+    s.stop();
+}
