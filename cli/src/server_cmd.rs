@@ -84,7 +84,11 @@ pub async fn run(args: ServerArgs) -> i32 {
                 eprintln!("error: the user name is empty");
                 return EX_USAGE;
             }
-            match server::create_token(&dir, name.trim()) {
+            let key = match secret_key_from_env() {
+                Ok(k) => k,
+                Err(code) => return code,
+            };
+            match server::create_token(&dir, name.trim(), key) {
                 Ok(token) => {
                     eprintln!(
                         "Token for user {name} (keep it: only its hash is stored in {}):",
@@ -112,6 +116,10 @@ async fn serve(args: ServerArgs) -> i32 {
             eprintln!("error: --autoscaler: {e}");
             return EX_USAGE;
         }
+    };
+    cfg.secret_key = match secret_key_from_env() {
+        Ok(k) => k,
+        Err(code) => return code,
     };
     cfg.startup_timeout = Duration::from_secs(args.startup_timeout);
     cfg.drain_timeout = Duration::from_secs(args.drain_timeout);
@@ -180,6 +188,28 @@ async fn serve(args: ServerArgs) -> i32 {
             EX_SOFTWARE
         }
     }
+}
+
+/// The key from `ZEROFLOW_SECRET_KEY` (None when unset: the data folder's key file is used);
+/// a malformed one is a usage error, printed here.
+fn secret_key_from_env() -> Result<Option<server::sealing::SecretKey>, i32> {
+    let text = match std::env::var(server::sealing::KEY_ENV) {
+        Ok(t) => t,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            eprintln!(
+                "error: {} is not text: set it to base64",
+                server::sealing::KEY_ENV
+            );
+            return Err(EX_USAGE);
+        }
+    };
+    server::sealing::SecretKey::from_base64(&text)
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            EX_USAGE
+        })
 }
 
 async fn shutdown_signal() {

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod project;
 pub mod resolver;
 pub mod router;
+pub mod sealing;
 pub mod store;
 
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ pub struct ServerConfig {
     pub archive_limits: zeroflow_artifacts::archive::Limits,
     /// Run Flows on a Kubernetes cluster instead of this machine.
     pub kubernetes: Option<kube_backend::KubeOptions>,
+    /// The key secrets are sealed with in `state.db` (the binary reads `ZEROFLOW_SECRET_KEY`);
+    /// None: `DATA_DIR/secret.key`, made at first start.
+    pub secret_key: Option<sealing::SecretKey>,
 }
 
 impl ServerConfig {
@@ -57,6 +61,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(30),
             archive_limits: archive_limits_from_env(),
             kubernetes: None,
+            secret_key: None,
         }
     }
 
@@ -77,6 +82,8 @@ pub enum ServerError {
     Serve(String),
     #[error(transparent)]
     Kubernetes(#[from] kube_backend::KubeError),
+    #[error(transparent)]
+    SecretKey(#[from] sealing::KeyError),
 }
 
 /// [`Limits`](zeroflow_artifacts::archive::Limits) with `ZEROFLOW_MAX_ARCHIVE_BYTES` (when set
@@ -96,10 +103,28 @@ pub fn default_data_dir() -> PathBuf {
         .join(".zeroflow")
 }
 
-/// Creates user `user` if missing and returns a new token for it.
-pub fn create_token(data_dir: &std::path::Path, user: &str) -> Result<String, ServerError> {
-    let s = store::Store::open(&data_dir.join("state.db"))?;
+/// Creates user `user` if missing and returns a new token for it. `key` as
+/// [`ServerConfig::secret_key`]: opening the store may seal the secrets of an older one.
+pub fn create_token(
+    data_dir: &std::path::Path,
+    user: &str,
+    key: Option<sealing::SecretKey>,
+) -> Result<String, ServerError> {
+    let s = open_store(data_dir, &data_dir.join("state.db"), key)?;
     Ok(s.create_token(user)?)
+}
+
+/// The store, with the configured key or the data folder's key file.
+fn open_store(
+    data_dir: &std::path::Path,
+    db: &std::path::Path,
+    key: Option<sealing::SecretKey>,
+) -> Result<store::Store, ServerError> {
+    let key = match key {
+        Some(k) => k,
+        None => sealing::SecretKey::load_or_create(data_dir)?,
+    };
+    Ok(store::Store::open(db, &key)?)
 }
 
 /// Opens the store, restores every Flow, and serves the API on `listener` until `shutdown`;
@@ -123,7 +148,7 @@ pub async fn run(
             cfg.data_dir.display()
         ))
     })?;
-    let store = store::Store::open(&cfg.db_path())?;
+    let store = open_store(&cfg.data_dir, &cfg.db_path(), cfg.secret_key.clone())?;
     jobs::fail_orphans(&store);
     let artifacts = zeroflow_artifacts::store_from_env(&cfg.data_dir)
         .map_err(|e| ServerError::Artifacts(e.to_string()))?;

@@ -3,8 +3,13 @@
 //! secrets and jobs. Every write is committed before the API answers, so nothing acknowledged
 //! is lost when the server is killed. The schema is versioned: migrations live in
 //! [`MIGRATIONS`] and are applied in order at open, recorded in `schema_version`.
+//!
+//! Secret values are sealed with the server's key ([`super::sealing`]) before they reach SQLite,
+//! and deleted content is overwritten (`secure_delete`), so neither the file nor its WAL holds a
+//! value in plain text. This module never logs a secret's data.
 
 use super::names;
+use super::sealing::{KeyError, OpenError, SecretKey};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -22,13 +27,48 @@ pub enum StoreError {
         found: usize,
         known: usize,
     },
+    #[error(
+        "secret {name} of Flow {flow_id} cannot be decrypted: {reason}. Start the server with the \
+         key that sealed it ({key_env}, else the file {key_file} in the data folder; restore it \
+         from your backup), or delete the secret and create it again",
+        key_env = super::sealing::KEY_ENV,
+        key_file = super::sealing::KEY_FILE
+    )]
+    Unsealable {
+        flow_id: String,
+        name: String,
+        reason: OpenError,
+    },
+    #[error("secret {name} of Flow {flow_id} cannot be sealed: {source}")]
+    Seal {
+        flow_id: String,
+        name: String,
+        #[source]
+        source: KeyError,
+    },
+}
+
+/// One schema step. Most are SQL; a step that must transform values (sealing secrets) is code,
+/// run in the same transaction as the version it records.
+pub enum Migration {
+    Sql(&'static str),
+    Code(fn(&rusqlite::Transaction<'_>, &SecretKey) -> std::result::Result<(), MigrationError>),
+}
+
+/// Why a code migration stopped (its transaction is rolled back).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Schema migrations, applied in order; the version is the number applied. Append only: an
 /// existing database runs only the ones it has not seen.
-pub const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[Migration] = &[
     // 1: users, tokens, flows (and deployments), secrets, jobs.
-    "CREATE TABLE users (name TEXT PRIMARY KEY, ctime TEXT NOT NULL);
+    Migration::Sql("CREATE TABLE users (name TEXT PRIMARY KEY, ctime TEXT NOT NULL);
      CREATE TABLE tokens (hash TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name), ctime TEXT NOT NULL);
      CREATE TABLE flows (
         id TEXT PRIMARY KEY, user TEXT NOT NULL, kind TEXT NOT NULL, name TEXT,
@@ -40,12 +80,85 @@ pub const MIGRATIONS: &[&str] = &[
         ctime TEXT NOT NULL, utime TEXT NOT NULL, PRIMARY KEY (flow_id, name));
      CREATE TABLE jobs (
         flow_id TEXT NOT NULL, name TEXT NOT NULL, user TEXT NOT NULL, spec TEXT NOT NULL,
-        status TEXT NOT NULL, logs TEXT NOT NULL DEFAULT '', PRIMARY KEY (flow_id, name));",
+        status TEXT NOT NULL, logs TEXT NOT NULL DEFAULT '', PRIMARY KEY (flow_id, name));"),
     // 2: pushed Executors (name, tag) per user, for `POST /executors`.
-    "CREATE TABLE executors (
+    Migration::Sql(
+        "CREATE TABLE executors (
         user TEXT NOT NULL, name TEXT NOT NULL, tag TEXT NOT NULL, ctime TEXT NOT NULL,
         PRIMARY KEY (user, name, tag));",
+    ),
+    // 3: secret values sealed; the plain-text column is gone with the table that held it.
+    Migration::Code(seal_plain_secrets),
 ];
+
+/// Copies every secret into a table that holds only sealed values, then drops the plain one
+/// (whose pages `secure_delete` zeroes).
+fn seal_plain_secrets(
+    tx: &rusqlite::Transaction<'_>,
+    key: &SecretKey,
+) -> std::result::Result<(), MigrationError> {
+    tx.execute_batch(
+        "CREATE TABLE secrets_sealed (
+            flow_id TEXT NOT NULL, name TEXT NOT NULL, user TEXT NOT NULL, sealed BLOB NOT NULL,
+            ctime TEXT NOT NULL, utime TEXT NOT NULL, PRIMARY KEY (flow_id, name));",
+    )?;
+    {
+        let mut read = tx.prepare("SELECT flow_id, name, user, data, ctime, utime FROM secrets")?;
+        let mut write = tx.prepare(
+            "INSERT INTO secrets_sealed (flow_id, name, user, sealed, ctime, utime)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let (flow_id, name): (String, String) = (r.get(0)?, r.get(1)?);
+            let data: String = r.get(3)?;
+            let sealed = seal(key, &flow_id, &name, data.as_bytes())?;
+            write.execute(params![
+                flow_id,
+                name,
+                r.get::<_, String>(2)?,
+                sealed,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?
+            ])?;
+        }
+    }
+    tx.execute_batch("DROP TABLE secrets; ALTER TABLE secrets_sealed RENAME TO secrets;")?;
+    Ok(())
+}
+
+/// What a sealed value is bound to: its secret's Flow and name, so that it opens nowhere else.
+fn secret_context(flow_id: &str, name: &str) -> Vec<u8> {
+    [flow_id.as_bytes(), b"\0", name.as_bytes()].concat()
+}
+
+fn seal(key: &SecretKey, flow_id: &str, name: &str, plain: &[u8]) -> Result<Vec<u8>> {
+    key.seal(&secret_context(flow_id, name), plain)
+        .map_err(|source| StoreError::Seal {
+            flow_id: flow_id.to_string(),
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// The data of a sealed secret row. A value that opens but is not a JSON object of strings can
+/// only come from a sealing bug: it is an error too, never an empty secret.
+fn unseal(
+    key: &SecretKey,
+    flow_id: &str,
+    name: &str,
+    sealed: &[u8],
+) -> Result<BTreeMap<String, String>> {
+    let unsealable = |reason| StoreError::Unsealable {
+        flow_id: flow_id.to_string(),
+        name: name.to_string(),
+        reason,
+    };
+    let plain = key
+        .open(&secret_context(flow_id, name), sealed)
+        .map_err(unsealable)?;
+    serde_json::from_slice(&plain).map_err(|_| unsealable(OpenError::Mismatch))
+}
 
 /// The phases the public client knows (any other string crashes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,13 +261,26 @@ pub struct FlowRecord {
     pub utime: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct SecretRecord {
     pub flow_id: String,
     pub name: String,
     pub data: BTreeMap<String, String>,
     pub ctime: String,
     pub utime: String,
+}
+
+/// Shows the keys a secret holds, never the values: a record that reaches a log leaks nothing.
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("flow_id", &self.flow_id)
+            .field("name", &self.name)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("ctime", &self.ctime)
+            .field("utime", &self.utime)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,13 +297,17 @@ pub struct JobRecord {
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    key: SecretKey,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 impl Store {
-    /// Opens (creating if needed) the database and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Store> {
+    /// Opens (creating if needed) the database and brings its schema up to date, sealing any
+    /// plain-text secret a database from before sealing holds. Every stored secret must open
+    /// with `key`: a wrong key is refused here, naming a secret it cannot open, rather than
+    /// found out by the first Flow that needs one.
+    pub fn open(path: &Path, key: &SecretKey) -> Result<Store> {
         let err = |e: rusqlite::Error| StoreError::Sql {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -190,9 +320,11 @@ impl Store {
         }
         let conn = Connection::open(path).map_err(err)?;
         // WAL lets `jc server token create` write while the server runs; FULL sync makes a
-        // commit survive power loss, not only a killed process.
+        // commit survive power loss, not only a killed process; secure_delete zeroes what is
+        // deleted or replaced, so no old secret lingers in free pages.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+             PRAGMA secure_delete=ON;",
         )
         .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -200,9 +332,29 @@ impl Store {
         let store = Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            key: key.clone(),
         };
         store.migrate()?;
+        store.check_secrets_open()?;
         Ok(store)
+    }
+
+    /// Opens every stored secret once (there are few), so a wrong key stops the start.
+    fn check_secrets_open(&self) -> Result<()> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare("SELECT flow_id, name, sealed FROM secrets ORDER BY flow_id, name")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let (flow_id, name, sealed): (String, String, Vec<u8>) = (
+                r.get(0).map_err(|e| self.err(e))?,
+                r.get(1).map_err(|e| self.err(e))?,
+                r.get(2).map_err(|e| self.err(e))?,
+            );
+            unseal(&self.key, &flow_id, &name, &sealed)?;
+        }
+        Ok(())
     }
 
     fn err(&self, e: rusqlite::Error) -> StoreError {
@@ -228,15 +380,40 @@ impl Store {
                 known: MIGRATIONS.len(),
             });
         }
+        let mut sealed_now = false;
         for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
-            tx.execute_batch(m).map_err(|e| self.err(e))?;
+            match m {
+                Migration::Sql(sql) => tx.execute_batch(sql).map_err(|e| self.err(e))?,
+                Migration::Code(step) => {
+                    step(&tx, &self.key).map_err(|e| match e {
+                        MigrationError::Sql(e) => self.err(e),
+                        MigrationError::Store(e) => e,
+                    })?;
+                    sealed_now = true;
+                }
+            }
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES (?1)",
                 params![i as i64 + 1],
             )
             .map_err(|e| self.err(e))?;
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.err(e))?;
+        if sealed_now {
+            // The WAL still holds the pages as they were before the commit (plain values among
+            // them) until a checkpoint copies the new ones into the file and empties it.
+            let busy: i64 = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            if busy != 0 {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "another process holds the state database open: its write-ahead log is \
+                     emptied when that process closes it"
+                );
+            }
+        }
+        Ok(())
     }
 
     pub fn schema_version(&self) -> Result<usize> {
@@ -473,49 +650,63 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))?
             .is_some();
+        let plain = serde_json::to_vec(data).unwrap_or_default();
+        let sealed = seal(&self.key, flow_id, name, &plain)?;
         tx.execute(
-            "INSERT INTO secrets (flow_id, name, user, data, ctime, utime) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-             ON CONFLICT (flow_id, name) DO UPDATE SET data = excluded.data, utime = excluded.utime",
-            params![flow_id, name, user, serde_json::to_string(data).unwrap_or_default(), now],
+            "INSERT INTO secrets (flow_id, name, user, sealed, ctime, utime) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (flow_id, name) DO UPDATE SET sealed = excluded.sealed, utime = excluded.utime",
+            params![flow_id, name, user, sealed, now],
         )
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(existed)
     }
 
-    fn row_to_secret(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRecord> {
-        let data: String = r.get(2)?;
-        Ok(SecretRecord {
-            flow_id: r.get(0)?,
-            name: r.get(1)?,
-            data: serde_json::from_str(&data).unwrap_or_default(),
-            ctime: r.get(3)?,
-            utime: r.get(4)?,
-        })
+    /// A row as stored: the data still sealed.
+    fn row_to_sealed(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SecretRecord, Vec<u8>)> {
+        Ok((
+            SecretRecord {
+                flow_id: r.get(0)?,
+                name: r.get(1)?,
+                data: BTreeMap::new(),
+                ctime: r.get(3)?,
+                utime: r.get(4)?,
+            },
+            r.get(2)?,
+        ))
+    }
+
+    fn unseal_record(&self, (mut rec, sealed): (SecretRecord, Vec<u8>)) -> Result<SecretRecord> {
+        rec.data = unseal(&self.key, &rec.flow_id, &rec.name, &sealed)?;
+        Ok(rec)
     }
 
     pub fn get_secret(&self, flow_id: &str, name: &str) -> Result<Option<SecretRecord>> {
-        self.conn
+        let row = self
+            .conn
             .lock()
             .query_row(
-                "SELECT flow_id, name, data, ctime, utime FROM secrets WHERE flow_id = ?1 AND name = ?2",
+                "SELECT flow_id, name, sealed, ctime, utime FROM secrets WHERE flow_id = ?1 AND name = ?2",
                 params![flow_id, name],
-                Self::row_to_secret,
+                Self::row_to_sealed,
             )
             .optional()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        row.map(|r| self.unseal_record(r)).transpose()
     }
 
     pub fn list_secrets(&self, flow_id: &str) -> Result<Vec<SecretRecord>> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare("SELECT flow_id, name, data, ctime, utime FROM secrets WHERE flow_id = ?1 ORDER BY name")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![flow_id], Self::row_to_secret)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        let rows = {
+            let conn = self.conn.lock();
+            let mut stmt = conn
+                .prepare("SELECT flow_id, name, sealed, ctime, utime FROM secrets WHERE flow_id = ?1 ORDER BY name")
+                .map_err(|e| self.err(e))?;
+            stmt.query_map(params![flow_id], Self::row_to_sealed)
+                .map_err(|e| self.err(e))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| self.err(e))?
+        };
+        rows.into_iter().map(|r| self.unseal_record(r)).collect()
     }
 
     pub fn delete_secret(&self, flow_id: &str, name: &str) -> Result<bool> {
@@ -637,6 +828,17 @@ mod tests {
         d.join("state.db")
     }
 
+    fn key() -> SecretKey {
+        SecretKey::from_bytes([42; 32])
+    }
+
+    fn sql(i: usize) -> &'static str {
+        match &MIGRATIONS[i] {
+            Migration::Sql(s) => s,
+            Migration::Code(_) => panic!("migration {} is code", i + 1),
+        }
+    }
+
     fn flow(id: &str, user: &str) -> FlowRecord {
         FlowRecord {
             id: id.into(),
@@ -657,11 +859,11 @@ mod tests {
     #[test]
     fn migrations_apply_once_in_order() {
         let p = tmp("migrate");
-        let s = Store::open(&p).unwrap();
+        let s = Store::open(&p, &key()).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
         drop(s);
         // Reopening applies nothing twice (a second CREATE TABLE would fail).
-        let s = Store::open(&p).unwrap();
+        let s = Store::open(&p, &key()).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
         let rows: i64 = s
             .conn
@@ -674,13 +876,16 @@ mod tests {
     #[test]
     fn a_newer_schema_is_refused() {
         let p = tmp("newer");
-        let s = Store::open(&p).unwrap();
+        let s = Store::open(&p, &key()).unwrap();
         s.conn
             .lock()
             .execute("INSERT INTO schema_version (version) VALUES (999)", [])
             .unwrap();
         drop(s);
-        assert!(matches!(Store::open(&p), Err(StoreError::TooNew { .. })));
+        assert!(matches!(
+            Store::open(&p, &key()),
+            Err(StoreError::TooNew { .. })
+        ));
     }
 
     #[test]
@@ -694,11 +899,11 @@ mod tests {
                 "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);",
             )
             .unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(sql(0)).unwrap();
             conn.execute_batch("CREATE TABLE executors (x INTEGER)")
                 .unwrap();
         }
-        assert!(Store::open(&p).is_err());
+        assert!(Store::open(&p, &key()).is_err());
         let conn = Connection::open(&p).unwrap();
         let v: i64 = conn
             .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
@@ -710,7 +915,7 @@ mod tests {
     fn state_survives_reopening() {
         let p = tmp("durable");
         {
-            let s = Store::open(&p).unwrap();
+            let s = Store::open(&p, &key()).unwrap();
             let token = s.create_token("alice").unwrap();
             std::fs::write(p.with_extension("token"), &token).unwrap();
             s.insert_flow(&flow("a-b-0123456789", "alice")).unwrap();
@@ -725,7 +930,7 @@ mod tests {
             .unwrap();
             // Dropped without any explicit flush: every write was committed when it returned.
         }
-        let s = Store::open(&p).unwrap();
+        let s = Store::open(&p, &key()).unwrap();
         let token = std::fs::read_to_string(p.with_extension("token")).unwrap();
         assert_eq!(s.user_for_token(&token).unwrap().as_deref(), Some("alice"));
         assert_eq!(s.user_for_token("zf_wrong").unwrap(), None);
@@ -745,7 +950,7 @@ mod tests {
 
     #[test]
     fn another_user_does_not_see_a_flow() {
-        let s = Store::open(&tmp("users")).unwrap();
+        let s = Store::open(&tmp("users"), &key()).unwrap();
         s.insert_flow(&flow("x-y-0123456789", "alice")).unwrap();
         assert!(
             s.get_flow("bob", Kind::Flow, "x-y-0123456789")
@@ -762,6 +967,142 @@ mod tests {
             s.get_flow("alice", Kind::Deployment, "x-y-0123456789")
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    /// Every byte SQLite keeps on disk for the database: the file, its WAL and shared memory.
+    fn disk_bytes(p: &Path) -> Vec<u8> {
+        ["", "-wal", "-shm"]
+            .iter()
+            .flat_map(|suffix| {
+                let mut f = p.as_os_str().to_owned();
+                f.push(suffix);
+                std::fs::read(PathBuf::from(f)).unwrap_or_default()
+            })
+            .collect()
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    const NEEDLE: &str = "pa55-Needle-7f3a9c";
+
+    fn data(v: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("PASSWORD".into(), v.into())])
+    }
+
+    #[test]
+    fn secret_values_are_sealed_on_disk_and_round_trip() {
+        let p = tmp("sealed");
+        let s = Store::open(&p, &key()).unwrap();
+        s.put_secret("alice", "f-1", "db", &data(NEEDLE)).unwrap();
+        s.put_secret("alice", "f-1", "other", &data("x")).unwrap();
+        assert_eq!(
+            s.get_secret("f-1", "db").unwrap().unwrap().data,
+            data(NEEDLE)
+        );
+        // While the server runs (the write is in the WAL) and after it closes.
+        assert!(!contains(&disk_bytes(&p), NEEDLE));
+        // Replaced and deleted values leave nothing readable either.
+        s.put_secret("alice", "f-1", "db", &data("second")).unwrap();
+        assert_eq!(s.list_secrets("f-1").unwrap().len(), 2);
+        assert!(s.delete_secret("f-1", "other").unwrap());
+        drop(s);
+        let bytes = disk_bytes(&p);
+        assert!(!contains(&bytes, NEEDLE) && !contains(&bytes, "second"));
+        assert!(!contains(&bytes, "PASSWORD"), "key names are sealed too");
+        let s = Store::open(&p, &key()).unwrap();
+        let got = s.get_secret("f-1", "db").unwrap().unwrap();
+        assert_eq!(got.data, data("second"));
+        // A record in a log shows its keys only.
+        let shown = format!("{got:?}");
+        assert!(
+            shown.contains("PASSWORD") && !shown.contains("second"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn plain_text_secrets_of_an_older_store_are_sealed_at_open() {
+        // A data folder from before sealing: schema 2, values as JSON text.
+        let p = tmp("plain");
+        {
+            let conn = Connection::open(&p).unwrap();
+            conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1), (2);",
+            )
+            .unwrap();
+            conn.execute_batch(sql(0)).unwrap();
+            conn.execute_batch(sql(1)).unwrap();
+            for (flow, name) in [("f-1", "db"), ("f-2", "api")] {
+                conn.execute(
+                    "INSERT INTO secrets (flow_id, name, user, data, ctime, utime) VALUES (?1, ?2, 'alice', ?3, 't0', 't1')",
+                    params![flow, name, serde_json::to_string(&data(NEEDLE)).unwrap()],
+                )
+                .unwrap();
+            }
+        }
+        assert!(
+            contains(&disk_bytes(&p), NEEDLE),
+            "the old store holds it in plain text"
+        );
+        let s = Store::open(&p, &key()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+        let got = s.get_secret("f-2", "api").unwrap().unwrap();
+        assert_eq!(got.data, data(NEEDLE));
+        assert_eq!((got.ctime.as_str(), got.utime.as_str()), ("t0", "t1"));
+        // Not in the file, not in the WAL, not in a free page, while the store is open.
+        assert!(!contains(&disk_bytes(&p), NEEDLE));
+        drop(s);
+        assert!(!contains(&disk_bytes(&p), NEEDLE));
+        let s = Store::open(&p, &key()).unwrap();
+        assert_eq!(s.list_secrets("f-1").unwrap()[0].data, data(NEEDLE));
+    }
+
+    #[test]
+    fn a_wrong_key_is_refused_naming_the_secret() {
+        let p = tmp("wrongkey");
+        let s = Store::open(&p, &key()).unwrap();
+        s.insert_flow(&flow("a-b-0123456789", "alice")).unwrap();
+        s.put_secret("alice", "a-b-0123456789", "db", &data(NEEDLE))
+            .unwrap();
+        drop(s);
+        let other = SecretKey::from_bytes([7; 32]);
+        let Err(e) = Store::open(&p, &other) else {
+            panic!("a store sealed with another key opened");
+        };
+        assert!(
+            matches!(&e, StoreError::Unsealable { name, flow_id, reason: OpenError::Mismatch } if name == "db" && flow_id == "a-b-0123456789"),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("secret db of Flow a-b-0123456789")
+                && msg.contains(super::super::sealing::KEY_ENV)
+                && msg.contains(super::super::sealing::KEY_FILE)
+                && !msg.contains(NEEDLE),
+            "{msg}"
+        );
+        // A row moved onto another secret does not open either (the name is bound to it).
+        let s = Store::open(&p, &key()).unwrap();
+        s.conn
+            .lock()
+            .execute(
+                "INSERT INTO secrets (flow_id, name, user, sealed, ctime, utime)
+                 SELECT flow_id, 'copy', user, sealed, ctime, utime FROM secrets WHERE name = 'db'",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(
+            s.get_secret("a-b-0123456789", "copy"),
+            Err(StoreError::Unsealable { .. })
+        ));
+        assert!(s.list_secrets("a-b-0123456789").is_err());
+        assert_eq!(
+            s.get_secret("a-b-0123456789", "db").unwrap().unwrap().data,
+            data(NEEDLE)
         );
     }
 }
