@@ -1,11 +1,12 @@
 //! `jc flow serve` and `jc flow validate`.
 
+use crate::server_cmd::RuntimeArg;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroflow_platform::local::{LocalOptions, ZygotePool};
 use zeroflow_platform::runtime::RuntimeEvent;
-use zeroflow_platform::server::flows::{self, RunningFlow};
+use zeroflow_platform::server::flows::{self, FlowTimeouts, RunningFlow};
 use zeroflow_spec::Source;
 
 /// Exit codes, as sysexits: bad input 65, cannot start 69, internal 70.
@@ -16,8 +17,23 @@ const EX_USAGE: i32 = 64;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The Flow YAML file, or a project folder with a flow.yml (as made by `jc new`).
-    pub path: PathBuf,
+    /// The Flow YAML file, or a project folder with a flow.yml (as made by `jc new`). With
+    /// `--runtime kubernetes`, `--flow-resource` names the Flow instead.
+    #[arg(required_unless_present = "flow_resource")]
+    pub path: Option<PathBuf>,
+    /// Where the Executors run: `local` starts each replica here as a child process;
+    /// `kubernetes` serves the gateway of a Flow whose Executors are Deployments in a cluster
+    /// ($KUBECONFIG, else ~/.kube/config, else the pod's own): it learns their ready pods from
+    /// EndpointSlices, calls the pods directly, and scales the Deployments.
+    #[arg(long, value_enum, default_value_t = RuntimeArg::Local)]
+    pub runtime: RuntimeArg,
+    /// With `--runtime kubernetes`: the namespace of the Flow's Deployments and Services.
+    #[arg(long, required_if_eq("runtime", "kubernetes"))]
+    pub namespace: Option<String>,
+    /// With `--runtime kubernetes`: the Flow resource (flows.zeroflow.dev) in --namespace whose
+    /// Flow is served.
+    #[arg(long, value_name = "NAME", conflicts_with = "path")]
+    pub flow_resource: Option<String>,
     /// Address the gateway listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -161,12 +177,22 @@ pub(crate) fn load_with_text(path: &Path) -> Result<(zeroflow_spec::Flow, String
         dir,
         confined: false,
     };
-    match zeroflow_spec::load_with_files(&text, &source, &files) {
+    load_text(&text, &source, &files).map(|flow| (flow, text))
+}
+
+/// Loads a Flow's YAML `text` with the spec crate (the Deployment YAMLs it names through
+/// `files`), printing its warnings; else the exit code after printing why it cannot be loaded.
+fn load_text(
+    text: &str,
+    source: &Source,
+    files: &dyn zeroflow_spec::FileReader,
+) -> Result<zeroflow_spec::Flow, i32> {
+    match zeroflow_spec::load_with_files(text, source, files) {
         Ok(loaded) => {
             for w in &loaded.warnings {
-                eprintln!("warning: {}: {w}", path.display());
+                eprintln!("warning: {}: {w}", source.name);
             }
-            Ok((loaded.flow, text))
+            Ok(loaded.flow)
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -189,13 +215,66 @@ pub fn validate(path: &Path) -> i32 {
 }
 
 pub async fn serve(mut args: ServeArgs) -> i32 {
-    args.path = match flow_file(&args.path) {
-        Ok(p) => p,
-        Err(code) => return code,
+    let on_kubernetes = args.runtime == RuntimeArg::Kubernetes;
+    if !on_kubernetes && (args.namespace.is_some() || args.flow_resource.is_some()) {
+        eprintln!("error: --namespace and --flow-resource need --runtime kubernetes");
+        return EX_USAGE;
+    }
+    let client = if on_kubernetes {
+        match zeroflow_platform::server::kube_backend::client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EX_UNAVAILABLE;
+            }
+        }
+    } else {
+        None
     };
-    let mut flow = match load(&args.path) {
-        Ok(f) => f,
-        Err(code) => return code,
+    let namespace = args.namespace.clone().unwrap_or_default();
+    // What the Flow is, for messages: its file, or its resource.
+    let (mut flow, what) = match (args.flow_resource.clone(), args.path.clone(), &client) {
+        (Some(name), _, Some(client)) => {
+            let spec = match zeroflow_platform::kube::runtime::read_flow(
+                client.clone(),
+                &namespace,
+                &name,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EX_UNAVAILABLE;
+                }
+            };
+            let source = Source {
+                name: format!("flows.zeroflow.dev/{name} in namespace {namespace}"),
+                env: std::env::vars().collect(),
+                context: spec.env.clone(),
+                ..Default::default()
+            };
+            // The resource is the whole Flow: it names no file of the gateway's.
+            match load_text(&spec.yaml, &source, &zeroflow_spec::NoFiles) {
+                Ok(f) => (f, source.name),
+                Err(code) => return code,
+            }
+        }
+        (None, Some(path), _) => {
+            let path = match flow_file(&path) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            args.path = Some(path.clone());
+            match load(&path) {
+                Ok(f) => (f, path.display().to_string()),
+                Err(code) => return code,
+            }
+        }
+        _ => {
+            eprintln!("error: give the Flow file, or --runtime kubernetes with --flow-resource");
+            return EX_USAGE;
+        }
     };
     if let Err(e) = apply_addresses(&mut flow, &args.executor_address) {
         eprintln!("error: {e}");
@@ -208,8 +287,10 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
             return EX_USAGE;
         }
     };
-    let flow_dir = std::fs::canonicalize(&args.path)
-        .ok()
+    let flow_dir = args
+        .path
+        .as_ref()
+        .and_then(|p| std::fs::canonicalize(p).ok())
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
     let work_dir = std::env::temp_dir().join(format!("zeroflow-{}", std::process::id()));
@@ -252,7 +333,18 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
             }
         }
     };
-    let mut running = match RunningFlow::new(&flow, opts.clone()) {
+    let built = match &client {
+        None => RunningFlow::new(&flow, opts.clone()).map_err(|e| e.to_string()),
+        Some(client) => {
+            // The Executors' pods stay when the gateway stops: it only stops watching them.
+            let timeouts = FlowTimeouts {
+                startup: opts.startup_timeout,
+                shutdown: Duration::from_secs(5),
+            };
+            kube_flow(&flow, client.clone(), &namespace, timeouts).await
+        }
+    };
+    let mut running = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -269,19 +361,32 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
     let at_zero: Vec<&str> = flow
         .executors
         .iter()
-        .filter(|e| e.external.is_none() && flows::initial_replicas(e) == 0)
+        .filter(|e| {
+            e.external.is_none()
+                && if on_kubernetes {
+                    running.runtime.desired(&e.name) == 0
+                } else {
+                    flows::initial_replicas(e) == 0
+                }
+        })
         .map(|e| e.name.as_str())
         .collect();
-    eprintln!(
-        "Starting {} Executor(s) of {}{}...",
-        flow.executors.len(),
-        args.path.display(),
-        if at_zero.is_empty() {
-            String::new()
-        } else {
-            format!(" ({} at zero until the first request)", at_zero.join(", "))
-        }
-    );
+    let at_zero = if at_zero.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} at zero until the first request)", at_zero.join(", "))
+    };
+    if on_kubernetes {
+        eprintln!(
+            "Serving the gateway of {what}: {} Executor(s){at_zero}...",
+            flow.executors.len(),
+        );
+    } else {
+        eprintln!(
+            "Starting {} Executor(s) of {what}{at_zero}...",
+            flow.executors.len(),
+        );
+    }
     if let Err(e) = running.start().await {
         eprintln!("error: {e}");
         running.stop().await;
@@ -345,7 +450,9 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
     println!("Press Ctrl-C to stop.");
 
     // The Flow stops on Ctrl-C / SIGTERM, or when an Executor is marked Failed (its replicas kept
-    // crashing): a `jc flow serve` whose Executor cannot run exits as it would at start-up.
+    // crashing): a `jc flow serve` whose Executor cannot run exits as it would at start-up. Not
+    // on Kubernetes: a stuck pod may come back (a new image, a node with room), and the gateway
+    // serves the other Executors meanwhile (requests for the stuck one fail at once, saying why).
     let failed = Arc::new(parking_lot::Mutex::new(None::<String>));
     let stop = {
         let failed = failed.clone();
@@ -366,7 +473,7 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
             };
             tokio::select! {
                 _ = shutdown_signal() => {}
-                why = executor_failed => *failed.lock() = Some(why),
+                why = executor_failed, if !on_kubernetes => *failed.lock() = Some(why),
             }
         }
     };
@@ -374,7 +481,11 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
         Bound::Each(listeners) => running.serve_until(listeners, stop).await,
         Bound::One(listener) => running.serve_one_port_until(listener, stop).await,
     };
-    eprintln!("Stopping: draining replicas...");
+    if on_kubernetes {
+        eprintln!("Stopping the gateway (the Executors' pods stay)...");
+    } else {
+        eprintln!("Stopping: draining replicas...");
+    }
     let _ = std::fs::remove_dir_all(&work_dir);
     match Arc::try_unwrap(running) {
         Ok(r) => r.stop().await,
@@ -398,6 +509,28 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
             70
         }
     }
+}
+
+/// The Flow's gateway over its Executors on Kubernetes (their objects in `namespace`).
+async fn kube_flow(
+    flow: &zeroflow_spec::Flow,
+    client: zeroflow_platform::kube::runtime::Client,
+    namespace: &str,
+    timeouts: FlowTimeouts,
+) -> Result<RunningFlow, String> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = zeroflow_activator::ActivatorMetrics::new(&mut registry);
+    let runtime = zeroflow_platform::kube::runtime::KubeRuntime::new(
+        client,
+        namespace,
+        flow,
+        flows::throttle_settings,
+        Some(metrics),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    RunningFlow::with_runtime(flow, Arc::new(runtime), registry, timeouts)
+        .map_err(|e| e.to_string())
 }
 
 /// Wall-clock time of day for event lines (UTC, HH:MM:SS.mmm).

@@ -300,7 +300,8 @@ pub fn serve_folder(dir: &Path) -> Served {
     spawn_served(cmd, dir)
 }
 
-fn spawn_served(mut cmd: Command, dir: &Path) -> Served {
+/// Runs `cmd` (a `jc flow serve ...`) with the venv on PATH; returns once it printed its endpoints.
+pub fn spawn_served(mut cmd: Command, dir: &Path) -> Served {
     let mut child = cmd
         .env("PATH", path_with_venv())
         .env("JINA_OPTOUT_TELEMETRY", "1")

@@ -893,6 +893,31 @@ async fn watch_pods(shared: Arc<Shared>) {
     }
 }
 
+/// Sets the replicas of an Executor Deployment as [`names::AUTOSCALER_MANAGER`]: the one way
+/// every writer of an Executor's count (the gateway's autoscaler, the controller's first count
+/// and pause, the control plane's `scale`) writes it.
+///
+/// A server-side apply of a `Scale` through the `scale` subresource, forced. Not a merge patch:
+/// an update through `scale` records no field manager when nobody owned `spec.replicas` before,
+/// and drops the owner at 0 (autoscaling/v1 omits `replicas: 0`), so ownership would come and
+/// go (seen on Kubernetes 1.36). Applied, the autoscaler owns `spec.replicas` at every count,
+/// and the controller's applies, which leave `replicas` out, neither conflict with it nor reset
+/// it. Forced: the autoscaler's count wins over a manual `kubectl scale`, as an HPA's does.
+pub async fn apply_scale(
+    api: &Api<Deployment>,
+    name: &str,
+    replicas: u32,
+) -> kube::Result<k8s_openapi::api::autoscaling::v1::Scale> {
+    let scale = serde_json::json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": { "name": name },
+        "spec": { "replicas": replicas },
+    });
+    let params = PatchParams::apply(names::AUTOSCALER_MANAGER).force();
+    api.patch_scale(name, &params, &Patch::Apply(&scale)).await
+}
+
 /// Writes each new desired count of one Executor to its shards' Deployments. A failed write is
 /// retried with a backoff until it lands or a newer count replaces it.
 async fn scale_loop(
@@ -902,13 +927,6 @@ async fn scale_loop(
 ) {
     let exec = &shared.execs[ei];
     let api: Api<Deployment> = Api::namespaced(shared.client.clone(), &shared.namespace);
-    // A merge patch through the `scale` subresource: it touches `spec.replicas` only, records
-    // it as this field manager's, and never conflicts with the controller's server-side applies
-    // (which leave `replicas` out).
-    let params = PatchParams {
-        field_manager: Some(names::AUTOSCALER_MANAGER.into()),
-        ..Default::default()
-    };
     loop {
         if desired.changed().await.is_err() {
             return;
@@ -917,11 +935,10 @@ async fn scale_loop(
         loop {
             let want = *desired.borrow_and_update();
             let started = Instant::now();
-            let patch = Patch::Merge(serde_json::json!({ "spec": { "replicas": want } }));
             let results = futures::future::join_all(
                 exec.shards
                     .iter()
-                    .map(|s| api.patch_scale(&s.object, &params, &patch)),
+                    .map(|s| apply_scale(&api, &s.object, want)),
             )
             .await;
             let failed: Vec<String> = results
