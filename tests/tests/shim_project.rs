@@ -1,8 +1,8 @@
 //! A project folder runs from a generic runtime without an image built for it: a real `jc server`
 //! stores the project (`jc flow deploy DIR`), and a `zeroflow-shim` given only the archive's URL,
 //! digest and token fetches it from `GET /v1/artifacts/{digest}`, checks it, unpacks it into its
-//! cache, installs its requirements.txt (`six` from PyPI) and runs a real `jina executor` in the
-//! project folder; a gRPC request is answered by that Executor, which imported `six` from the
+//! cache, installs its requirements.txt (a wheel shipped in the project, as no test reaches PyPI) and runs a real `jina executor` in the
+//! project folder; a gRPC request is answered by that Executor, which imported that package from the
 //! installed requirements. A second shim on the same cache fetches and installs nothing. A wrong
 //! digest or a wrong token is refused with a message that says so, and no Executor starts.
 
@@ -18,8 +18,8 @@ use std::time::Duration;
 use zeroflow_artifacts::digest::Sha256Digest;
 use zeroflow_tests::{bin, kill_tree, load, path_with_venv, temp_dir, wait_for};
 
-/// A project as `jc new` lays it out, whose Executor says where it runs and where `six` came
-/// from.
+/// A project as `jc new` lays it out, whose Executor says where it runs and where its required
+/// package came from.
 fn write_project(dir: &Path) {
     let files = [
         (
@@ -34,26 +34,26 @@ fn write_project(dir: &Path) {
             "executor1/executor.py",
             r#"import os
 
-import six
+import zfsix
 from docarray import DocList
 from docarray.documents import TextDoc
 from jina import Executor, requests
 
 
 class Upper(Executor):
-    """Upper-cases texts and says where it runs and where `six` was imported from."""
+    """Upper-cases texts and says where it runs and where `zfsix` was imported from."""
 
     @requests
     def upper(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
-        where = 'deps' if '/deps/' in six.__file__ else six.__file__
+        where = 'deps' if '/deps/' in zfsix.__file__ else zfsix.__file__
         for d in docs:
-            d.text = f'{d.text.upper()}|cwd={os.path.basename(os.getcwd())}|six={where}'
+            d.text = f'{d.text.upper()}|cwd={os.path.basename(os.getcwd())}|pkg={where}'
         return docs
 "#,
         ),
         (
             "executor1/requirements.txt",
-            "# from PyPI, into the shim's cache\nsix==1.17.0\n",
+            "# a wheel in the project (tests reach no package index), into the shim's cache\n./executor1/wheels/zfsix-1.0-py3-none-any.whl\n",
         ),
     ];
     for (rel, text) in files {
@@ -61,6 +61,29 @@ class Upper(Executor):
         std::fs::create_dir_all(p.parent().expect("parent")).expect("project folder");
         std::fs::write(p, text).expect("project file");
     }
+    write_wheel(&dir.join("executor1/wheels/zfsix-1.0-py3-none-any.whl"));
+}
+
+/// A minimal pure-Python wheel (`zfsix` 1.0): what pip installs from a path without an index.
+fn write_wheel(path: &Path) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("wheel folder");
+    let script = r#"import sys, zipfile
+files = {
+    'zfsix/__init__.py': 'VERSION = "1.0"\n',
+    'zfsix-1.0.dist-info/METADATA': 'Metadata-Version: 2.1\nName: zfsix\nVersion: 1.0\n',
+    'zfsix-1.0.dist-info/WHEEL': 'Wheel-Version: 1.0\nGenerator: zeroflow-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+}
+files['zfsix-1.0.dist-info/RECORD'] = ''.join(f'{n},,\n' for n in files) + 'zfsix-1.0.dist-info/RECORD,,\n'
+with zipfile.ZipFile(sys.argv[1], 'w') as z:
+    for name, text in files.items():
+        z.writestr(name, text)
+"#;
+    let status = Command::new(zeroflow_tests::python())
+        .args(["-c", script])
+        .arg(path)
+        .status()
+        .expect("run python");
+    assert!(status.success(), "writing the test wheel");
 }
 
 /// `jc flow deploy DIR --json` with our `jc`; returns the Flow id.
@@ -269,8 +292,8 @@ fn a_shim_runs_a_stored_project_without_an_image_and_refuses_wrong_digests_and_t
     let hex = digest.hex();
     assert_eq!(
         ask(&grpc, "hello"),
-        [format!("HELLO|cwd={hex}|six=deps")],
-        "the Executor runs in the unpacked project with six from the installed requirements"
+        [format!("HELLO|cwd={hex}|pkg=deps")],
+        "the Executor runs in the unpacked project with the package from its installed requirements"
     );
     let log = shim.stderr();
     for line in [
@@ -288,7 +311,7 @@ fn a_shim_runs_a_stored_project_without_an_image_and_refuses_wrong_digests_and_t
     // Second start on the same cache: nothing fetched, nothing installed.
     let mut again = ShimRun::start(&url, &digest.to_string(), &token, &cache);
     let grpc = again.wait_ready();
-    assert_eq!(ask(&grpc, "again"), [format!("AGAIN|cwd={hex}|six=deps")]);
+    assert_eq!(ask(&grpc, "again"), [format!("AGAIN|cwd={hex}|pkg=deps")]);
     let log = again.stderr();
     assert!(
         log.contains(&format!("project {} cached", digest.short()))
