@@ -253,27 +253,8 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
     )
     .await?;
 
-    // The gateway, as its pod runs it (here as a local process with the admin kubeconfig).
     let metrics_port = zeroflow_tests::free_port();
-    let mut cmd = Command::new(zeroflow_tests::bin("jc"));
-    cmd.args([
-        "flow",
-        "serve",
-        "--runtime",
-        "kubernetes",
-        "--namespace",
-        &ns,
-    ])
-    .args(["--flow-resource", &names::flow_resource(FLOW_ID)])
-    .args(["--port", &zeroflow_tests::free_port().to_string()])
-    .args(["--metrics-port", &metrics_port.to_string()])
-    .args(["--autoscaler", "scale-to-zero-grace-period=1s"])
-    .args(["--autoscaler", "stable-window=6s"])
-    .env("KUBECONFIG", cluster.kubeconfig_path())
-    .env("RUST_LOG", "info,zeroflow_platform::kube=debug");
-    let dir = zeroflow_tests::temp_dir("kube-gateway");
-    let served =
-        tokio::task::spawn_blocking(move || zeroflow_tests::spawn_served(cmd, &dir)).await?;
+    let served = start_gateway(&cluster, &ns, metrics_port).await?;
     let url = served
         .grpc
         .clone()
@@ -366,5 +347,78 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
     assert_eq!(replicas_owners(&d), [names::AUTOSCALER_MANAGER]);
 
     tokio::task::spawn_blocking(move || served.stop()).await?;
+
+    // A restarted gateway adopts what runs: here the Executor at 1 with a ready pod (as a gateway
+    // that died after a wake-up leaves it). It does not scale at start, counts the pod ready
+    // from the slices it lists, and sends the first request straight to it.
+    zeroflow_platform::kube::runtime::apply_scale(&deployments, &object, 1).await?;
+    wait("one ready pod", Duration::from_secs(120), || async {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        (list.items.iter().filter(|p| is_ready(p)).count() == 1).then_some(())
+    })
+    .await?;
+    let served = start_gateway(&cluster, &ns, zeroflow_tests::free_port()).await?;
+    assert!(
+        served
+            .lines
+            .iter()
+            .any(|l| l.contains(EXECUTOR) && l.contains("1 replica(s) ready")),
+        "the restarted gateway adopts the ready pod: {:#?}",
+        served.lines
+    );
+    assert!(!served.printed("scaling"), "nothing is scaled at start");
+    let url = served
+        .grpc
+        .clone()
+        .context("the gateway prints its gRPC endpoint")?;
+    let mut c = load::client(&url).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.process_single_data(load::text_request("adopted", &["again"])),
+    )
+    .await
+    .context("the request to the adopted pod was not answered within 60 s")??
+    .into_inner();
+    assert_eq!(load::doc_texts(&answer), ["again-k"]);
+    assert_eq!(spec_replicas(&deployments.get(&object).await?), Some(1));
+    tokio::task::spawn_blocking(move || served.stop()).await?;
     Ok(())
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The gateway, as its pod runs it (here a local process with the admin kubeconfig), with
+/// short autoscaler windows; returns once it serves.
+async fn start_gateway(
+    cluster: &TestCluster,
+    ns: &str,
+    metrics_port: u16,
+) -> Result<zeroflow_tests::Served> {
+    let mut cmd = Command::new(zeroflow_tests::bin("jc"));
+    cmd.args([
+        "flow",
+        "serve",
+        "--runtime",
+        "kubernetes",
+        "--namespace",
+        ns,
+    ])
+    .args(["--flow-resource", &names::flow_resource(FLOW_ID)])
+    .args(["--port", &zeroflow_tests::free_port().to_string()])
+    .args(["--metrics-port", &metrics_port.to_string()])
+    .args(["--autoscaler", "scale-to-zero-grace-period=1s"])
+    .args(["--autoscaler", "stable-window=6s"])
+    .env("KUBECONFIG", cluster.kubeconfig_path())
+    .env("RUST_LOG", "info,zeroflow_platform::kube=debug");
+    let dir = zeroflow_tests::temp_dir("kube-gateway");
+    Ok(tokio::task::spawn_blocking(move || zeroflow_tests::spawn_served(cmd, &dir)).await?)
 }
