@@ -213,18 +213,23 @@ impl Ctx<'_> {
     }
 }
 
-fn pod_ip_env() -> EnvVar {
+/// The env var `name` holding the pod's `field` (`status.podIP`, `metadata.name`).
+fn field_env(name: &str, field: &str) -> EnvVar {
     EnvVar {
-        name: "POD_IP".into(),
+        name: name.into(),
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
-                field_path: "status.podIP".into(),
+                field_path: field.into(),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+fn pod_ip_env() -> EnvVar {
+    field_env("POD_IP", "status.podIP")
 }
 
 /// Kubernetes expands `$(VAR)` in a container's command and reduces `$$` to `$`: the
@@ -371,7 +376,10 @@ fn executor_shard(
     } else {
         "zeroflow-shim".to_string()
     };
+    // The replica's name in the shim's logs and metrics is its pod's.
     let mut extra = vec![
+        "--replica".to_string(),
+        "$(POD_NAME)".to_string(),
         "--admin-port".to_string(),
         names::EXECUTOR_ADMIN_PORT.to_string(),
     ];
@@ -391,7 +399,7 @@ fn executor_shard(
         extra,
         escape_dollars(own_command),
     );
-    let mut env = vec![pod_ip_env()];
+    let mut env = vec![pod_ip_env(), field_env("POD_NAME", "metadata.name")];
     if ctx.resource.spec.project.is_some() {
         // What the shim presents to fetch the project archive (the control plane writes it).
         env.push(EnvVar {

@@ -111,6 +111,8 @@ fn executors_are_deployments_without_replicas_and_headless_services() {
         assert_eq!(flag(&cmd, "--host").as_deref(), Some("$(POD_IP)"));
         assert_eq!(flag(&cmd, "--port").as_deref(), Some("8080"));
         assert_eq!(flag(&cmd, "--admin-port").as_deref(), Some("8090"));
+        assert_eq!(flag(&cmd, "--replica").as_deref(), Some("$(POD_NAME)"));
+        assert_eq!(env[1].name, "POD_NAME");
         assert_eq!(
             flag(&cmd, "--project-url").as_deref(),
             Some("http://cp/artifacts/p.tar.gz")
@@ -135,7 +137,13 @@ fn executors_are_deployments_without_replicas_and_headless_services() {
 fn images_by_uses() {
     // (uses and keys, project?, images, Ok(image and shim path) or Err(text in the error))
     let runtime = RenderOptions::default().runtime_image;
-    let cases: Vec<(&str, bool, &[(&str, &str)], Result<(&str, &str), &str>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        bool,
+        &'a [(&'a str, &'a str)],
+        Result<(&'a str, &'a str), &'a str>,
+    );
+    let cases: Vec<Case> = vec![
         ("", false, &[], Ok((&runtime, "zeroflow-shim"))),
         (
             "uses: docker://me/enc:1",
@@ -475,7 +483,9 @@ fn the_gateway() {
 #[test]
 fn the_gateway_may_do_only_what_it_needs() {
     let r = ok(TWO, |_| {});
-    let rules: Vec<(Vec<String>, Vec<String>, Vec<String>, Option<Vec<String>>)> = r
+    /// (apiGroups, resources, verbs, resourceNames)
+    type Rule = (Vec<String>, Vec<String>, Vec<String>, Option<Vec<String>>);
+    let rules: Vec<Rule> = r
         .role
         .rules
         .clone()
