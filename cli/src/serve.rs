@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// one port per service, as Knative does.
     #[arg(long)]
     pub one_port: bool,
+    /// Port of the web dashboard, on 127.0.0.1 only (0: any free port; printed at start).
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    pub dashboard_port: u16,
+    /// Do not serve the web dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 /// The gateway's sockets: one per protocol (as Jina serves), or one for all.
@@ -425,8 +431,13 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
             .map(|x| (x.protocol, l.local_addr()))
             .collect(),
     };
+    let mut flow_endpoints = std::collections::BTreeMap::new();
     for (protocol, addr) in endpoints {
         if let Ok(addr) = addr {
+            flow_endpoints.insert(
+                flows::protocol_name(protocol).to_string(),
+                format!("{}://{addr}", flows::scheme(protocol)),
+            );
             println!(
                 "  {:<10} {}://{addr}",
                 flows::protocol_name(protocol),
@@ -445,6 +456,27 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
                 e.name,
                 running.runtime.ready_replicas(&e.name)
             ),
+        }
+    }
+    if !args.no_dashboard {
+        let name = flow
+            .name
+            .clone()
+            .or_else(|| flow.jcloud.name.clone())
+            .unwrap_or_else(|| what.rsplit('/').next().unwrap_or("flow").to_string());
+        let local = zeroflow_dashboard::LocalFlow {
+            id: "local".into(),
+            name,
+            flow: flow.clone(),
+            endpoints: flow_endpoints.clone(),
+            runtime: running.runtime.clone(),
+            created: zeroflow_platform::server::names::now_iso(),
+        };
+        match zeroflow_dashboard::serve_local(local, Some(&running.decisions), args.dashboard_port)
+            .await
+        {
+            Ok(addr) => println!("Dashboard: http://{addr}/"),
+            Err(e) => eprintln!("warning: no dashboard on port {}: {e}", args.dashboard_port),
         }
     }
     println!("Press Ctrl-C to stop.");

@@ -46,6 +46,9 @@ pub struct ServerArgs {
     /// elsewhere in the cluster).
     #[arg(long)]
     pub no_controller: bool,
+    /// Do not serve the web dashboard at / (the API answers there as before).
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,8 +179,16 @@ async fn serve(args: ServerArgs) -> i32 {
         "Create a token with: jc server token create NAME --data-dir {}",
         data_dir.display()
     );
+    if !args.no_dashboard {
+        println!("Dashboard at http://{addr}/ (sign in with a token)");
+    }
+    let dashboard = !args.no_dashboard;
+    let pages = move |c: &std::sync::Arc<server::control::Controller>| match dashboard {
+        true => zeroflow_dashboard::for_server(c),
+        false => axum::Router::new(),
+    };
     // The control plane stops its Flows and their zygotes before it returns.
-    let result = server::run(cfg, listener, shutdown_signal()).await;
+    let result = server::run_with(cfg, listener, shutdown_signal(), pages).await;
     match result {
         Ok(()) => {
             eprintln!("Stopped.");

@@ -47,11 +47,12 @@ pub struct ScaleDecision {
 }
 
 /// Where a Flow's autoscaler tells its decisions (no receiver: they are dropped).
-pub type DecisionFeed = tokio::sync::broadcast::Sender<ScaleDecision>;
+pub type DecisionFeed = tokio::sync::broadcast::Sender<Arc<ScaleDecision>>;
 
-/// A feed for one Flow's decisions; a few are kept for a slow reader.
+/// A feed for one Flow's decisions. Its buffer is allocated now, for every Flow: small slots
+/// (an `Arc`) and a few of them, as a reader waits on it all the time.
 pub fn decision_feed() -> DecisionFeed {
-    tokio::sync::broadcast::channel(32).0
+    tokio::sync::broadcast::channel(16).0
 }
 
 struct RuntimeScaler {
@@ -71,13 +72,13 @@ impl Scaler for RuntimeScaler {
         self.panic
             .get_or_create(&label)
             .set(i64::from(decision.panic));
-        let _ = self.decisions.send(ScaleDecision {
+        let _ = self.decisions.send(Arc::new(ScaleDecision {
             executor: executor.to_string(),
             from: decision.previous,
             to: desired,
             panic: decision.panic,
             reason: decision.reason.clone(),
-        });
+        }));
         self.runtime.scale(executor, desired);
     }
 

@@ -148,8 +148,8 @@ async fn dispatch(State(c): State<Arc<Controller>>, req: Request) -> Response {
 }
 
 /// `Authorization: <token>` (what the public client sends), `token <token>` or
-/// `Bearer <token>`.
-fn authenticate(c: &Controller, headers: &HeaderMap) -> Result<String> {
+/// `Bearer <token>`: the user it names.
+pub fn authenticate(c: &Controller, headers: &HeaderMap) -> Result<String> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let Some(h) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Err(unauthorized(

@@ -41,6 +41,8 @@ struct FlowCell {
     running: tokio::sync::Mutex<Option<RunningFlow>>,
     /// The runtime that ran last (running or stopped), for its replicas' logs.
     last_runtime: Mutex<Option<Arc<dyn Runtime>>>,
+    /// That runtime's autoscaler decisions, for the dashboard.
+    last_decisions: Mutex<Option<crate::scaling::DecisionFeed>>,
     events: Mutex<VecDeque<String>>,
 }
 
@@ -50,6 +52,7 @@ impl FlowCell {
             generation: tokio::sync::watch::channel(0).0,
             running: tokio::sync::Mutex::new(None),
             last_runtime: Mutex::new(None),
+            last_decisions: Mutex::new(None),
             events: Mutex::new(VecDeque::new()),
         }
     }
@@ -61,6 +64,13 @@ impl FlowCell {
         }
         ev.push_back(format!("{} {}", names::now_iso(), line.as_ref()));
     }
+}
+
+/// A Flow's latest runtime and its autoscaler's decisions ([`Controller::runtimes`]).
+pub struct FlowRuntime {
+    pub id: String,
+    pub runtime: Arc<dyn Runtime>,
+    pub decisions: Option<crate::scaling::DecisionFeed>,
 }
 
 /// Where Flows run: this machine's processes, or a Kubernetes cluster (which the store's
@@ -634,6 +644,30 @@ impl Controller {
         }
     }
 
+    /// Each Flow's latest runtime (running or stopped) and its autoscaler's decisions, by Flow
+    /// id: what the dashboard watches. Flows on Kubernetes have none here (their gateway pods
+    /// hold them).
+    pub fn runtimes(&self) -> Vec<FlowRuntime> {
+        let cells: Vec<(String, Arc<FlowCell>)> = self
+            .cells
+            .lock()
+            .iter()
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect();
+        cells
+            .into_iter()
+            .filter_map(|(id, c)| {
+                let runtime = c.last_runtime.lock().clone()?;
+                let decisions = c.last_decisions.lock().clone();
+                Some(FlowRuntime {
+                    id,
+                    runtime,
+                    decisions,
+                })
+            })
+            .collect()
+    }
+
     /// At start-up: every Flow that should run starts again on its ports; the rest keep their
     /// phase.
     pub fn restore(self: &Arc<Self>) -> Result<usize, StoreError> {
@@ -790,6 +824,7 @@ impl Controller {
             }
         };
         *cell.last_runtime.lock() = Some(rf.runtime.clone());
+        *cell.last_decisions.lock() = Some(rf.decisions.clone());
         // Runtime events go to the Flow's event log, for `logs --gateway`.
         {
             let mut events = rf.runtime.subscribe();

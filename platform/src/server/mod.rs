@@ -134,6 +134,17 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_with(cfg, listener, shutdown, |_| axum::Router::new()).await
+}
+
+/// [`run`], serving `pages(controller)` beside the API (the dashboard), made before any Flow
+/// is restored; the API answers the paths those routes do not.
+pub async fn run_with(
+    cfg: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    pages: impl FnOnce(&Arc<control::Controller>) -> axum::Router,
+) -> Result<(), ServerError> {
     let mut cfg = cfg;
     // Absolute, so Executors (which run in their project folders) find what the paths name.
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
@@ -183,11 +194,12 @@ pub async fn run(
         let base = format!("http://{}:{}", ctrl.cfg.public_host, addr.port());
         ctrl.artifact_access.set_base_url(&base);
     }
+    let pages = pages(&ctrl);
     let n = ctrl.restore()?;
     if n > 0 {
         tracing::info!("restarting {n} Flow(s) from the store");
     }
-    let app = api::router(ctrl.clone());
+    let app = pages.merge(api::router(ctrl.clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
