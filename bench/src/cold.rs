@@ -165,11 +165,11 @@ fn kinds(bins: &Bins, runs_rust: usize, runs_python: usize) -> Result<Vec<Kind>>
 
 /// What one cold start gave.
 #[derive(Default, Clone, Debug)]
-struct ColdSample {
+pub(crate) struct ColdSample {
     /// First request sent → its answer, through `jc` with the Executor at zero.
-    first: Duration,
+    pub(crate) first: Duration,
     /// The same Executor command started alone → gRPC health SERVING (polled every 1 ms).
-    alone: Duration,
+    pub(crate) alone: Duration,
     /// The same, spawn → the answer to a first request sent right after SERVING.
     alone_first: Duration,
     /// Request sent → jc printed `scaling 0 -> 1` (activator queue + poke + decision).
@@ -177,11 +177,18 @@ struct ColdSample {
     /// Request sent → jc printed `replica .. ready in N ms` (the runtime saw the ready line).
     to_ready: Option<Duration>,
     /// The N of `ready in N ms`: the runtime's spawn of the shim → the shim's ready line.
-    runtime_ready_ms: Option<u64>,
+    pub(crate) runtime_ready_ms: Option<u64>,
     /// The shim's `startup_ms`: its spawn of the Executor → health SERVING.
-    shim_startup_ms: Option<u64>,
+    pub(crate) shim_startup_ms: Option<u64>,
     /// The activator's `cold_start_ms`: first request queued → a replica added.
     activator_ms: Option<u64>,
+    /// CPU time of `jc` itself (gateway, activator, autoscaler, runtime) from the request sent
+    /// until both its answer and the ready line are in, net of jc's idle rate over the settle
+    /// pause before it (ms, from /proc schedstat).
+    pub(crate) jc_cpu_ms: Option<f64>,
+    /// CPU time of the replica's processes (the shim and the Executor) from their start until
+    /// the same moment (ms).
+    pub(crate) replica_cpu_ms: Option<f64>,
 }
 
 impl ColdSample {
@@ -196,12 +203,12 @@ impl ColdSample {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// Nearest-rank percentile of `v` (q in 0..=1); NaN when empty.
-fn pct(v: &[f64], q: f64) -> f64 {
+pub(crate) fn pct(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -209,6 +216,22 @@ fn pct(v: &[f64], q: f64) -> f64 {
     s.sort_by(f64::total_cmp);
     let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
     s[rank - 1]
+}
+
+/// The Rust test Executor's cold starts through `jc flow serve` (min 0), measured exactly as
+/// `--scenario cold` measures them: what `--scenario kube-cold` puts next to the cluster's
+/// figures, in the same run. The second value lists the wrong answers.
+pub(crate) async fn local_rust(
+    bins: &Bins,
+    runs: usize,
+    mode: ColdMode,
+) -> Result<(Vec<ColdSample>, Vec<String>)> {
+    let kind = kinds(bins, runs, 0)?.remove(0);
+    eprintln!("local: {} ({runs} runs, mode {mode:?})", kind.label);
+    match mode {
+        ColdMode::Fresh => cold_fresh(bins, &kind).await,
+        ColdMode::Rezero => cold_rezero(bins, &kind).await,
+    }
 }
 
 pub struct ColdOptions {
@@ -523,6 +546,8 @@ async fn first_request(jc: &mut Jc, kind: &Kind) -> Result<(ColdSample, Option<S
     let mut client = JinaSingleDataRequestRpcClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let pid = jc.pid();
+    let (idle_from, idle_cpu) = (Instant::now(), procs::sched_cpu(pid));
     tokio::time::sleep(SETTLE).await;
     let early = jc.drain();
     if let Some((_, l)) = early.iter().find(|(_, l)| is_ready_line(l)) {
@@ -534,6 +559,8 @@ async fn first_request(jc: &mut Jc, kind: &Kind) -> Result<(ColdSample, Option<S
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let request_id = format!("c{:031x}", NEXT.fetch_add(1, Ordering::Relaxed));
     let req = request(&request_id);
+    let cpu0 = procs::sched_cpu(pid);
+    let idle_rate = ms(cpu0.saturating_sub(idle_cpu)) / ms(idle_from.elapsed());
     let t0 = Instant::now();
     let res = tokio::time::timeout(kind.startup_deadline, client.process_single_data(req)).await;
     let first = t0.elapsed();
@@ -546,6 +573,12 @@ async fn first_request(jc: &mut Jc, kind: &Kind) -> Result<(ColdSample, Option<S
         jc.wait_line(is_ready_line, Duration::from_secs(5), &mut seen)
             .await;
     }
+    let window = t0.elapsed();
+    let jc_cpu_ms = ms(procs::sched_cpu(pid).saturating_sub(cpu0)) - idle_rate * ms(window);
+    let replica_cpu_ms = procs::descendants(pid)
+        .into_iter()
+        .map(|p| ms(procs::sched_cpu(p)))
+        .sum::<f64>();
     let after = |at: Instant| at.saturating_duration_since(t0);
     let to_decision = seen
         .iter()
@@ -566,6 +599,8 @@ async fn first_request(jc: &mut Jc, kind: &Kind) -> Result<(ColdSample, Option<S
             to_decision,
             to_ready: ready.map(|(at, _)| after(*at)),
             runtime_ready_ms,
+            jc_cpu_ms: Some(jc_cpu_ms),
+            replica_cpu_ms: Some(replica_cpu_ms),
             ..Default::default()
         },
         err,
@@ -671,7 +706,7 @@ async fn alone(bins: &Bins, kind: &Kind, i: usize) -> Result<(Duration, Duration
     Ok((serving, first))
 }
 
-fn request(request_id: &str) -> DataRequestProto {
+pub(crate) fn request(request_id: &str) -> DataRequestProto {
     DataRequestProto {
         header: Some(HeaderProto {
             request_id: request_id.to_string(),
@@ -912,7 +947,7 @@ async fn burst_once(bins: &Bins, flow: &str, opts: &BurstOptions, r: usize) -> R
     Ok(run)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -921,6 +956,6 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
 }

@@ -4,13 +4,16 @@
 //! requests/s and latency percentiles of each, and the ratios the project targets, as a markdown
 //! table (`--scenario warm`). `--scenario cold` times the first request to an Executor at zero
 //! against the Executor's own start, `--scenario burst` sends 1000 requests at once to a Flow at
-//! zero (see cold.rs). It is a report, not a test: it never fails on a missed target, only on
-//! wrong answers.
+//! zero (see cold.rs). `--scenario kube-cold` times the first request from zero on the test
+//! Kubernetes cluster, step by step, next to the local runtime (see kube.rs; it must run inside
+//! the test network namespace). It is a report, not a test: it never fails on a missed target,
+//! only on wrong answers.
 //!
 //! It starts every process it measures and stops them all on every exit path.
 
 mod cold;
 mod jc;
+mod kube;
 mod load;
 mod procs;
 
@@ -34,8 +37,10 @@ const TARGET_SPEEDUP: f64 = 5.0;
 #[command(version, about)]
 struct Args {
     /// What to measure: `warm` (everything started and warmed up), `cold` (the first request to
-    /// an Executor at zero replicas), `burst` (many concurrent requests to a Flow at zero), or
-    /// `all` (the three, in that order).
+    /// an Executor at zero replicas), `burst` (many concurrent requests to a Flow at zero), `all`
+    /// (the three, in that order), or `kube-cold` (a cold start on the test Kubernetes cluster,
+    /// step by step, next to the local runtime's; run it inside the test network namespace:
+    /// `bash scripts/in-test-netns.sh zeroflow-bench --scenario kube-cold`).
     #[arg(long, value_enum, default_value_t = Scenario::Warm)]
     scenario: Scenario,
     /// cold: cold starts of the Rust test Executor.
@@ -60,6 +65,17 @@ struct Args {
     /// burst: how many bursts (each to a fresh `jc flow serve`).
     #[arg(long, default_value_t = 3)]
     burst_runs: usize,
+    /// kube-cold: cold starts on the test cluster (the same number of local ones beside them).
+    #[arg(long, default_value_t = 20)]
+    kube_runs: usize,
+    /// kube-cold: how the local runtime's row gets an Executor at zero; `rezero` (one `jc`
+    /// that scales back to zero, as the cluster's gateway does) or `fresh`.
+    #[arg(long, value_enum, default_value_t = cold::ColdMode::Rezero)]
+    kube_local_mode: cold::ColdMode,
+    /// kube-cold: the test cluster's folder (kept afterwards, with every component's log);
+    /// default a temporary one, removed after a successful run.
+    #[arg(long)]
+    cluster_dir: Option<PathBuf>,
     /// Requests in flight at any time (one load task each).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -105,6 +121,11 @@ enum Scenario {
     Burst,
     /// warm, cold and burst, one after the other.
     All,
+    /// A cold start from zero on the test Kubernetes cluster (`scripts/test-cluster.sh`), with
+    /// where the time goes, next to the local runtime's in the same run. Must run inside the
+    /// test network namespace: `bash scripts/in-test-netns.sh zeroflow-bench --scenario
+    /// kube-cold`.
+    KubeCold,
 }
 
 /// One measured setup.
@@ -170,7 +191,10 @@ async fn run(args: &Args) -> Result<bool> {
         return Ok(rows[0].result.errors == 0);
     }
     let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
+        // Absolute: some programs are started in another working directory.
+        Some(d) => d
+            .canonicalize()
+            .with_context(|| format!("--bin-dir {}", d.display()))?,
         None => std::env::current_exe()?
             .parent()
             .context("the bench binary has no folder")?
@@ -200,6 +224,7 @@ async fn run(args: &Args) -> Result<bool> {
         Scenario::Cold => (false, true, false),
         Scenario::Burst => (false, false, true),
         Scenario::All => (true, true, true),
+        Scenario::KubeCold => (false, false, false),
     };
     let mut all_ok = true;
     let mut markdown = String::new();
@@ -237,6 +262,18 @@ async fn run(args: &Args) -> Result<bool> {
                 max: args.burst_max,
                 channels: args.burst_channels,
                 runs: args.burst_runs.max(1),
+            },
+        )
+        .await?;
+        emit(part, ok)?;
+    }
+    if args.scenario == Scenario::KubeCold {
+        let (part, ok) = kube::kube_cold(
+            &bins,
+            &kube::KubeOptions {
+                runs: args.kube_runs.max(1),
+                local_mode: args.kube_local_mode,
+                cluster_dir: args.cluster_dir.clone(),
             },
         )
         .await?;
