@@ -475,7 +475,12 @@ impl Ctx {
     async fn log_tails(&self, ns: &str, pods: &[Pod]) -> BTreeMap<String, String> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let mut out = BTreeMap::new();
-        for f in pods.iter().filter_map(status::pod_failure).take(3) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for f in pods
+            .iter()
+            .filter_map(|p| status::pod_failure(p, now))
+            .take(3)
+        {
             let Some(container) = f.container.clone() else {
                 continue;
             };

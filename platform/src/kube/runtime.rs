@@ -43,15 +43,6 @@ const PROBE_FOR: Duration = Duration::from_secs(600);
 const LOG_TAIL_LINES: i64 = 1000;
 
 /// Waiting reasons of a container that mean it cannot run until something changes.
-const STUCK_REASONS: &[&str] = &[
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeRuntimeError {
@@ -161,59 +152,29 @@ pub fn host_port(ip: &str, port: u16) -> String {
     }
 }
 
-/// Why `pod` cannot run its Executor, if it is stuck: a container waiting for a reason that
-/// will not pass by itself (with its last exit, e.g. OOMKilled), a pod the scheduler cannot
-/// place, or a pod that failed.
+/// Why `pod` cannot run its Executor, if it is stuck (the status's judgement, one owner: a
+/// waiting reason that will not pass by itself, a pod the scheduler cannot place, a failed pod),
+/// with the container's last exit (e.g. OOMKilled).
 pub fn pod_failure(pod: &Pod) -> Option<String> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let name = pod.metadata.name.as_deref().unwrap_or("?");
-    let status = pod.status.as_ref()?;
-    for c in status.container_statuses.iter().flatten() {
-        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-            continue;
-        };
-        let reason = waiting.reason.as_deref().unwrap_or_default();
-        if !STUCK_REASONS.contains(&reason) {
-            continue;
-        }
-        let mut why = format!("pod {name}: {reason}");
-        if let Some(m) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
-            why.push_str(&format!(": {m}"));
-        }
-        if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
-            why.push_str(&format!(
-                " (last exit: {}, code {}, after {} restart(s))",
-                t.reason.as_deref().unwrap_or("Error"),
-                t.exit_code,
-                c.restart_count
-            ));
-        }
-        return Some(why);
-    }
-    for cond in status.conditions.iter().flatten() {
-        if cond.type_ == "PodScheduled"
-            && cond.status == "False"
-            && cond.reason.as_deref() == Some("Unschedulable")
-        {
-            return Some(format!(
-                "pod {name}: Unschedulable: {}",
-                cond.message.as_deref().unwrap_or("no node fits it")
-            ));
-        }
-    }
-    if status.phase.as_deref() == Some("Failed") {
-        return Some(format!(
-            "pod {name} failed: {}",
-            status
-                .message
-                .as_deref()
-                .or(status.reason.as_deref())
-                .unwrap_or("its containers exited")
+    let f = crate::kube::status::pod_failure(pod, k8s_openapi::jiff::Timestamp::now())?;
+    let mut why = f.to_string();
+    let last = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| Some(&c.name) == f.container.as_ref()))
+        .and_then(|c| {
+            let t = c.last_state.as_ref()?.terminated.as_ref()?;
+            Some((t.clone(), c.restart_count))
+        });
+    if let Some((t, restarts)) = last {
+        why.push_str(&format!(
+            " (last exit: {}, code {}, after {restarts} restart(s))",
+            t.reason.as_deref().unwrap_or("Error"),
+            t.exit_code,
         ));
     }
-    None
+    Some(why)
 }
 
 /// One shard's Deployment and headless Service (same name), and its replicas.
@@ -1304,7 +1265,7 @@ mod tests {
         assert_eq!(
             pod_failure(&crash).as_deref(),
             Some(
-                "pod exec-a-1: CrashLoopBackOff: back-off 40s (last exit: OOMKilled, code 137, after 4 restart(s))"
+                "pod exec-a-1: OOMKilled: the container ran out of memory; give it a larger instance (last exit: OOMKilled, code 137, after 4 restart(s))"
             )
         );
         let unschedulable = pod(serde_json::json!({

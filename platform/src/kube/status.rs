@@ -66,22 +66,39 @@ pub struct PodFailure {
     pub message: String,
 }
 
+impl std::fmt::Display for PodFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pod {}: {}", self.pod, self.reason)?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
 /// Container waiting reasons that mean it will not run without a change.
-const FAILING_WAITS: &[&str] = &[
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
+const FAILING_WAITS: &[&str] = &["CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName"];
+
+/// Waiting reasons that often pass by themselves: the kubelet retries them (a Secret that is
+/// created a moment later; the Node authorizer's graph catching up with a pod's binding; one
+/// failed pull before the back-off). They count as failures only once a pod has been waiting
+/// that long ([`TRANSIENT_GRACE`] after its creation).
+const TRANSIENT_WAITS: &[&str] = &[
     "ErrImagePull",
-    "InvalidImageName",
     "CreateContainerConfigError",
     "CreateContainerError",
     "RunContainerError",
 ];
 
+/// How long a transient waiting reason may last before the pod counts as failed.
+pub const TRANSIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Restarts after which a container that keeps exiting non-zero is crash-looping, whatever its
 /// waiting reason says (some node agents do not report CrashLoopBackOff).
 const CRASH_RESTARTS: i32 = 3;
 
-fn container_failure(pod: &str, c: &ContainerStatus) -> Option<PodFailure> {
+/// `settled`: the pod is older than [`TRANSIENT_GRACE`], so transient reasons count too.
+fn container_failure(pod: &str, c: &ContainerStatus, settled: bool) -> Option<PodFailure> {
     let state = c.state.as_ref();
     let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
     let oom = |t: Option<&k8s_openapi::api::core::v1::ContainerStateTerminated>| {
@@ -96,7 +113,7 @@ fn container_failure(pod: &str, c: &ContainerStatus) -> Option<PodFailure> {
     };
     if let Some(w) = state.and_then(|s| s.waiting.as_ref())
         && let Some(reason) = w.reason.as_deref()
-        && FAILING_WAITS.contains(&reason)
+        && (FAILING_WAITS.contains(&reason) || (settled && TRANSIENT_WAITS.contains(&reason)))
     {
         let crashed = reason == "CrashLoopBackOff";
         if crashed && oom(last) {
@@ -132,12 +149,18 @@ fn container_failure(pod: &str, c: &ContainerStatus) -> Option<PodFailure> {
     None
 }
 
-/// Why `pod` cannot run, if it cannot (pods on their way out are not judged).
-pub fn pod_failure(pod: &Pod) -> Option<PodFailure> {
+/// Why `pod` cannot run, if it cannot, as of `now` (pods on their way out are not judged).
+pub fn pod_failure(pod: &Pod, now: Timestamp) -> Option<PodFailure> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let name = pod.name_any();
+    let grace = k8s_openapi::jiff::SignedDuration::try_from(TRANSIENT_GRACE).unwrap_or_default();
+    let settled = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_none_or(|t| now.duration_since(t.0) >= grace);
     let status = pod.status.as_ref()?;
     let containers = status
         .init_container_statuses
@@ -145,7 +168,7 @@ pub fn pod_failure(pod: &Pod) -> Option<PodFailure> {
         .flatten()
         .chain(status.container_statuses.iter().flatten());
     for c in containers {
-        if let Some(f) = container_failure(&name, c) {
+        if let Some(f) = container_failure(&name, c, settled) {
             return Some(f);
         }
     }
@@ -225,11 +248,12 @@ fn failure_of<'a>(
     pods: impl Iterator<Item = &'a Pod>,
     deployment: Option<&Deployment>,
     logs: &BTreeMap<String, String>,
+    now: Timestamp,
 ) -> Option<(String, String, Option<String>)> {
     let mut pods: Vec<&Pod> = pods.collect();
     pods.sort_by_key(|p| p.name_any());
     for p in pods {
-        if let Some(f) = pod_failure(p) {
+        if let Some(f) = pod_failure(p, now) {
             let tail = logs.get(&f.pod).filter(|t| !t.is_empty()).cloned();
             let message = if f.message.is_empty() {
                 format!("pod {}", f.pod)
@@ -311,7 +335,7 @@ pub fn compute(
                 .and_then(|w| w.at_zero_since.clone())
                 .unwrap_or(Time(now))
         });
-        let failure = failure_of(pods.iter().filter(|p| pod_of(p, s)), d, logs);
+        let failure = failure_of(pods.iter().filter(|p| pod_of(p, s)), d, logs, now);
         if first_failure.is_none()
             && let Some((reason, message, tail)) = &failure
         {
@@ -342,7 +366,7 @@ pub fn compute(
     let gateway = deployment(names::GATEWAY);
     if first_failure.is_none()
         && let Some((reason, message, tail)) =
-            failure_of(pods.iter().filter(|p| is_gateway(p)), gateway, logs)
+            failure_of(pods.iter().filter(|p| is_gateway(p)), gateway, logs, now)
     {
         first_failure = Some(FlowError {
             reason,

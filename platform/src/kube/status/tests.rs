@@ -543,3 +543,27 @@ fn endpoints_by_service_type() {
         assert_eq!(e["http"], http);
     }
 }
+
+#[test]
+fn transient_waits_fail_a_pod_only_once_they_last() {
+    // The Node authorizer lags a pod's binding by a moment, so the kubelet's first read of a
+    // Secret can be refused and is retried: a pod that has waited so for 10 s is starting, one
+    // that has waited past TRANSIENT_GRACE is failing. A back-off is never transient.
+    let at = |age_s: i64, reason: &str| {
+        let mut p = pod("exec-a-1", Some("a"), true, waiting(reason, json!({})));
+        let created = now() - k8s_openapi::jiff::SignedDuration::from_secs(age_s);
+        p.metadata.creation_timestamp = Some(Time(created));
+        pod_failure(&p, now()).map(|f| f.reason)
+    };
+    for reason in TRANSIENT_WAITS {
+        assert_eq!(at(10, reason), None, "{reason} after 10 s");
+        assert_eq!(
+            at(60, reason).as_deref(),
+            Some(*reason),
+            "{reason} after 60 s"
+        );
+    }
+    for reason in FAILING_WAITS {
+        assert_eq!(at(1, reason).as_deref(), Some(*reason), "{reason} at once");
+    }
+}
