@@ -17,7 +17,7 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind,
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
-use server_common::{Body, Server, free_port};
+use server_common::{Body, Server, free_port, jcloud};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -622,8 +622,24 @@ fn kube_server_runs_flows_with_its_controller() {
         &["--runtime", "kubernetes"],
     );
     let alice = s.token("alice");
-    let id = deploy(&s, &alice, RUNNING);
     let crash = deploy(&s, &alice, CRASHING);
+    // The public jcloud client, unchanged: it deploys and waits until the Flow is Serving.
+    let proj = data.join("project");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("flow.yml"), RUNNING).unwrap();
+    let (ok, out) = jcloud(&s, &alice, &proj, &["flow", "deploy", "flow.yml"]);
+    assert!(ok && out.contains("Flow is available"), "{out}");
+    let (_, _, listed) = s.call("GET", "/flows", Some(&alice), None);
+    let id = listed["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["id"].as_str())
+        .find(|i| *i != crash)
+        .unwrap_or_else(|| panic!("the deployed Flow in {listed}"))
+        .to_string();
+    let (ok, out) = jcloud(&s, &alice, &proj, &["flow", "status", &id]);
+    assert!(ok && out.contains("Serving"), "{out}");
 
     let v = wait_for("the Flow Serving", Duration::from_secs(300), || {
         let v = get(&s, &alice, &id);
@@ -703,10 +719,10 @@ fn kube_server_runs_flows_with_its_controller() {
     );
 
     // Remove: nothing of either Flow is left.
-    for f in [&id, &crash] {
-        let (st, _, v) = s.call("DELETE", &format!("/flows/{f}"), Some(&alice), None);
-        assert_eq!(st, 200, "{v}");
-    }
+    let (ok, out) = jcloud(&s, &alice, &proj, &["flow", "remove", &id]);
+    assert!(ok, "{out}");
+    let (st, _, v) = s.call("DELETE", &format!("/flows/{crash}"), Some(&alice), None);
+    assert_eq!(st, 200, "{v}");
     for f in [&id, &crash] {
         wait_for("Deleted", Duration::from_secs(300), || {
             (get(&s, &alice, f)["status"]["phase"] == "Deleted").then_some(())
