@@ -421,17 +421,17 @@ impl Hub {
             .is_some_and(|w| Arc::ptr_eq(&w.runtime, runtime))
     }
 
-    /// `(executor, desired, ready)` at the latest sample, for the Flows list.
+    /// `(executor, desired, ready)` at the latest sample, for the Flows list (an Executor not
+    /// sampled yet is left out).
     pub fn counts(&self, id: &str) -> Option<Vec<(String, u32, u32)>> {
         let w = self.flows.lock().get(id).cloned()?;
         let st = w.state.lock();
+        // Not sampled yet: not counted.
         Some(
             st.iter()
-                .map(|e| {
-                    let (d, r) = e
-                        .latest
-                        .map_or((0, 0), |s| (u32::from(s.desired), u32::from(s.ready)));
-                    (e.name.clone(), d, r)
+                .filter_map(|e| {
+                    let s = e.latest?;
+                    Some((e.name.clone(), u32::from(s.desired), u32::from(s.ready)))
                 })
                 .collect(),
         )

@@ -111,6 +111,7 @@ async fn an_idle_executor_keeps_one_sample_however_long_it_stays_at_zero() {
     let hub = Hub::new(Limits::default());
     let rt = Scripted::new(&["e"]);
     hub.watch("f", &flow(ONE_AT_ZERO), rt.clone(), None);
+    assert_eq!(hub.counts("f"), Some(vec![]), "not sampled yet");
     for _ in 0..600 {
         hub.tick();
         second().await;
