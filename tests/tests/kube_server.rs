@@ -707,6 +707,64 @@ fn kube_server_runs_flows_with_its_controller() {
         "the gateway's pod in its logs: {v}"
     );
 
+    // A project folder, deployed with our `jc`: no image is built; the Executor's shim fetches
+    // the archive from this server (the URL, digest and token the server gave the Flow) before
+    // it starts, so Serving means it got and checked it.
+    let pdir = data.join("project-folder");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(
+        pdir.join("flow.yml"),
+        "jtype: Flow\nexecutors:\n  - name: proj\n    command: zeroflow-test-executor --append=-p\n",
+    )
+    .unwrap();
+    std::fs::write(pdir.join("notes.txt"), "part of the project\n").unwrap();
+    let out = Command::new(zeroflow_tests::bin("jc"))
+        .args(["flow", "deploy"])
+        .arg(&pdir)
+        .env("JCLOUD_API", s.url())
+        .env("JINA_AUTH_TOKEN", &alice)
+        .output()
+        .expect("run jc flow deploy");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "jc flow deploy DIR: {text}");
+    let (_, _, listed) = s.call("GET", "/flows", Some(&alice), None);
+    let project_flow = listed["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["id"].as_str())
+        .find(|i| *i != crash && *i != id)
+        .unwrap_or_else(|| panic!("the project Flow in {listed}"))
+        .to_string();
+    assert_eq!(get(&s, &alice, &project_flow)["status"]["phase"], "Serving");
+    let flow = rt
+        .block_on(flow_api(&admin, Some(&format!("zf-{project_flow}"))).get(&project_flow))
+        .unwrap();
+    let digest = flow.data["spec"]["project"]["digest"]
+        .as_str()
+        .unwrap_or("");
+    assert!(digest.starts_with("sha256:"), "{:?}", flow.data["spec"]);
+    let url = flow.data["spec"]["project"]["url"].as_str().unwrap_or("");
+    assert_eq!(url, format!("{}v1/artifacts/{digest}", s.url()));
+    let (_, _, v) = s.call(
+        "GET",
+        &format!("/flows/{project_flow}/executors/proj/logs"),
+        Some(&alice),
+        None,
+    );
+    assert!(v.to_string().contains("unpacked in"), "{v}");
+    let (st, _, v) = s.call(
+        "DELETE",
+        &format!("/flows/{project_flow}"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+
     // A crash-looping Executor: Failed, naming the reason and its last lines.
     let v = wait_for("the crashing Flow Failed", Duration::from_secs(300), || {
         let v = get(&s, &alice, &crash);
