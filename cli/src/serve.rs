@@ -394,9 +394,16 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
         );
     }
     if let Err(e) = running.start().await {
-        eprintln!("error: {e}");
-        running.stop().await;
-        return EX_UNAVAILABLE;
+        // On Kubernetes the gateway serves anyway: the cluster keeps trying the Executor's pods
+        // (and the Flow's status says why they fail), requests for a stuck Executor fail at once
+        // naming why, and the others are served. Exiting would only crash-loop the gateway too.
+        if on_kubernetes {
+            eprintln!("warning: {e}; serving anyway");
+        } else {
+            eprintln!("error: {e}");
+            running.stop().await;
+            return EX_UNAVAILABLE;
+        }
     }
     running.start_autoscaling(autoscaler_config);
     let running = Arc::new(running);

@@ -63,13 +63,14 @@ where
     }
 }
 
-/// The Executor's Deployment as the controller writes it: no `replicas` (the autoscaler's).
-fn executor_deployment(flow_id: &str) -> serde_json::Value {
-    let labels = names::labels(flow_id, "executor", Some(EXECUTOR), None);
-    let shim = [
+/// An Executor's Deployment as the controller writes it: the shim around `command`, no
+/// `replicas` (the autoscaler's).
+fn executor_deployment(flow_id: &str, executor: &str, command: &[&str]) -> serde_json::Value {
+    let labels = names::labels(flow_id, "executor", Some(executor), None);
+    let mut shim = vec![
         "zeroflow-shim",
         "--executor",
-        EXECUTOR,
+        executor,
         "--replica",
         "$(POD_NAME)",
         "--host",
@@ -79,12 +80,11 @@ fn executor_deployment(flow_id: &str) -> serde_json::Value {
         "--admin-port",
         "8090",
         "--",
-        "zeroflow-test-executor",
-        "--append=-k",
     ];
+    shim.extend(command);
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": names::executor_object(EXECUTOR, None), "labels": labels},
+        "metadata": {"name": names::executor_object(executor, None), "labels": labels},
         "spec": {
             "selector": {"matchLabels": labels},
             "template": {
@@ -111,6 +111,122 @@ fn executor_deployment(flow_id: &str) -> serde_json::Value {
                 },
             },
         },
+    })
+}
+
+/// What one Flow's objects are made with here, by hand, as the controller makes them.
+struct Made {
+    ns: String,
+    deployments: Api<Deployment>,
+    pods: Api<Pod>,
+    /// The Executor's Deployment (and Service) name, its manifest, and its pods' selector.
+    object: String,
+    manifest: serde_json::Value,
+    selector: String,
+}
+
+/// The Flow's namespace, the Flow CRD, the Flow resource (its YAML), and one Executor: its
+/// Deployment (applied without replicas, then set to `replicas` through `scale`) and headless
+/// Service.
+async fn make_flow(
+    client: &kube::Client,
+    flow_id: &str,
+    yaml: &str,
+    executor: &str,
+    command: &[&str],
+    replicas: u32,
+) -> Result<Made> {
+    let ns = names::namespace(flow_id);
+    let ssa = PatchParams::apply("zeroflow-tests").force();
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &ssa,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            ),
+        )
+        .await?;
+
+    // The Flow resource's CRD, generated from the Rust types.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = FlowResource::crd();
+    let crd_name = crd.metadata.name.clone().context("the CRD has a name")?;
+    crds.patch(&crd_name, &ssa, &Patch::Apply(&crd)).await?;
+    wait(
+        "the Flow CRD to be established",
+        Duration::from_secs(60),
+        || async {
+            let c = crds.get(&crd_name).await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await?;
+    let flows: Api<FlowResource> = Api::namespaced(client.clone(), &ns);
+    let flow = FlowResource::new(
+        &names::flow_resource(flow_id),
+        FlowSpec {
+            flow_id: flow_id.into(),
+            owner: "tester".into(),
+            yaml: yaml.into(),
+            ..Default::default()
+        },
+    );
+    wait(
+        "the Flow resource to be created",
+        Duration::from_secs(60),
+        || async {
+            match flows.create(&PostParams::default(), &flow).await {
+                Ok(_) => Some(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Some(()),
+                Err(_) => None,
+            }
+        },
+    )
+    .await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let object = names::executor_object(executor, None);
+    let manifest = executor_deployment(flow_id, executor, command);
+    deployments
+        .patch(&object, &controller_apply(), &Patch::Apply(&manifest))
+        .await?;
+    zeroflow_platform::kube::runtime::apply_scale(&deployments, &object, replicas).await?;
+    let labels = names::labels(flow_id, "executor", Some(executor), None);
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .patch(
+            &object,
+            &ssa,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": object, "labels": labels},
+                "spec": {
+                    "clusterIP": "None",
+                    "selector": labels,
+                    "ports": [
+                        {"name": "grpc", "port": names::EXECUTOR_PORT, "targetPort": "grpc"},
+                        {"name": "admin", "port": names::EXECUTOR_ADMIN_PORT, "targetPort": "admin"},
+                    ],
+                },
+            })),
+        )
+        .await?;
+    let selector = format!(
+        "{}={}",
+        names::LABEL_EXECUTOR,
+        labels[names::LABEL_EXECUTOR]
+    );
+    Ok(Made {
+        pods: Api::namespaced(client.clone(), &ns),
+        ns,
+        deployments,
+        object,
+        manifest,
+        selector,
     })
 }
 
@@ -151,94 +267,24 @@ async fn http_get(addr: &str, path: &str) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_back() -> Result<()> {
     let cluster = TestCluster::up().await?;
-    let client = cluster.client();
-    let ns = names::namespace(FLOW_ID);
-    let ssa = PatchParams::apply("zeroflow-tests").force();
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &ns,
-            &ssa,
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-            ),
-        )
-        .await?;
-
-    // The Flow resource's CRD, generated from the Rust types.
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = FlowResource::crd();
-    let crd_name = crd.metadata.name.clone().context("the CRD has a name")?;
-    crds.patch(&crd_name, &ssa, &Patch::Apply(&crd)).await?;
-    wait(
-        "the Flow CRD to be established",
-        Duration::from_secs(60),
-        || async {
-            let c = crds.get(&crd_name).await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        },
+    // The Executor at zero, as the controller sets a min-0 Executor.
+    let made = make_flow(
+        &cluster.client(),
+        FLOW_ID,
+        FLOW_YAML,
+        EXECUTOR,
+        &["zeroflow-test-executor", "--append=-k"],
+        0,
     )
     .await?;
-    let flows: Api<FlowResource> = Api::namespaced(client.clone(), &ns);
-    let flow = FlowResource::new(
-        &names::flow_resource(FLOW_ID),
-        FlowSpec {
-            flow_id: FLOW_ID.into(),
-            owner: "tester".into(),
-            yaml: FLOW_YAML.into(),
-            ..Default::default()
-        },
-    );
-    wait(
-        "the Flow resource to be created",
-        Duration::from_secs(60),
-        || async {
-            match flows.create(&PostParams::default(), &flow).await {
-                Ok(_) => Some(()),
-                Err(kube::Error::Api(e)) if e.code == 409 => Some(()),
-                Err(_) => None,
-            }
-        },
-    )
-    .await?;
-
-    // The Executor: a Deployment set to zero as the controller sets a min-0 Executor, and its
-    // headless Service.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let object = names::executor_object(EXECUTOR, None);
-    let manifest = executor_deployment(FLOW_ID);
-    deployments
-        .patch(&object, &controller_apply(), &Patch::Apply(&manifest))
-        .await?;
-    zeroflow_platform::kube::runtime::apply_scale(&deployments, &object, 0).await?;
-    let labels = names::labels(FLOW_ID, "executor", Some(EXECUTOR), None);
-    Api::<Service>::namespaced(client.clone(), &ns)
-        .patch(
-            &object,
-            &ssa,
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": object, "labels": labels},
-                "spec": {
-                    "clusterIP": "None",
-                    "selector": labels,
-                    "ports": [
-                        {"name": "grpc", "port": names::EXECUTOR_PORT, "targetPort": "grpc"},
-                        {"name": "admin", "port": names::EXECUTOR_ADMIN_PORT, "targetPort": "admin"},
-                    ],
-                },
-            })),
-        )
-        .await?;
-    let selector = format!(
-        "{}={}",
-        names::LABEL_EXECUTOR,
-        labels[names::LABEL_EXECUTOR]
-    );
+    let Made {
+        ns,
+        deployments,
+        pods,
+        object,
+        manifest,
+        selector,
+    } = &made;
     let no_pods = || async {
         let list = pods
             .list(&ListParams::default().labels(&selector))
@@ -254,7 +300,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
     .await?;
 
     let metrics_port = zeroflow_tests::free_port();
-    let served = start_gateway(&cluster, &ns, metrics_port).await?;
+    let served = start_gateway(&cluster, ns, FLOW_ID, metrics_port).await?;
     let url = served
         .grpc
         .clone()
@@ -360,7 +406,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
         (list.items.iter().filter(|p| is_ready(p)).count() == 1).then_some(())
     })
     .await?;
-    let served = start_gateway(&cluster, &ns, zeroflow_tests::free_port()).await?;
+    let served = start_gateway(&cluster, ns, FLOW_ID, zeroflow_tests::free_port()).await?;
     assert!(
         served
             .lines
@@ -401,6 +447,7 @@ fn is_ready(p: &Pod) -> bool {
 async fn start_gateway(
     cluster: &TestCluster,
     ns: &str,
+    flow_id: &str,
     metrics_port: u16,
 ) -> Result<zeroflow_tests::Served> {
     let mut cmd = Command::new(zeroflow_tests::bin("jc"));
@@ -412,7 +459,7 @@ async fn start_gateway(
         "--namespace",
         ns,
     ])
-    .args(["--flow-resource", &names::flow_resource(FLOW_ID)])
+    .args(["--flow-resource", &names::flow_resource(flow_id)])
     .args(["--port", &zeroflow_tests::free_port().to_string()])
     .args(["--metrics-port", &metrics_port.to_string()])
     .args(["--autoscaler", "scale-to-zero-grace-period=1s"])
@@ -421,4 +468,71 @@ async fn start_gateway(
     .env("RUST_LOG", "info,zeroflow_platform::kube=debug");
     let dir = zeroflow_tests::temp_dir("kube-gateway");
     Ok(tokio::task::spawn_blocking(move || zeroflow_tests::spawn_served(cmd, &dir)).await?)
+}
+
+/// An Executor whose pods crash-loop: the gateway still serves (it would only crash-loop too),
+/// and a request for that Executor fails at once naming the pod and why, instead of waiting for
+/// a replica that does not come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_crash_looping_executor_fail_at_once_saying_why() -> Result<()> {
+    const FLOW: &str = "gwcrash";
+    let cluster = TestCluster::up().await?;
+    let made = make_flow(
+        &cluster.client(),
+        FLOW,
+        "jtype: Flow\nexecutors:\n  - name: bad\n    command: zeroflow-test-executor --crash-after 1ms\n",
+        "bad",
+        &["zeroflow-test-executor", "--crash-after", "1ms"],
+        1,
+    )
+    .await?;
+    let pods = &made.pods;
+    let selector = &made.selector;
+    wait(
+        "the Executor's pod in CrashLoopBackOff",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(selector))
+                .await
+                .ok()?;
+            list.items
+                .iter()
+                .flat_map(|p| {
+                    p.status
+                        .iter()
+                        .flat_map(|s| s.container_statuses.iter().flatten())
+                })
+                .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
+                .any(|r| r == "CrashLoopBackOff")
+                .then_some(())
+        },
+    )
+    .await?;
+
+    let mut served = start_gateway(&cluster, &made.ns, FLOW, zeroflow_tests::free_port()).await?;
+    let url = served
+        .grpc
+        .clone()
+        .context("the gateway prints its gRPC endpoint")?;
+    let started = Instant::now();
+    let mut c = load::client(&url).await;
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.process_single_data(load::text_request("doomed", &["x"])),
+    )
+    .await
+    .context("the request for the crash-looping Executor was not answered within 60 s")?
+    .expect_err("no replica of a crash-looping Executor can answer");
+    println!("failed in {:?}: {err}", started.elapsed());
+    assert!(
+        err.message().contains("CrashLoopBackOff") && err.message().contains("exec-bad-"),
+        "the error names the pod and why: {err}"
+    );
+    assert!(
+        served.child.try_wait()?.is_none(),
+        "the gateway keeps serving"
+    );
+    tokio::task::spawn_blocking(move || served.stop()).await?;
+    Ok(())
 }
