@@ -11,6 +11,10 @@
 //!   content (to executor-shims on a cluster). Entries are hints: a reader checks the archive's
 //!   digest, and drops entries whose archive changed or went away.
 //!
+//! A pushed Executor is private to the user who pushed it unless it was pushed public
+//! ([`Visibility`], kept in its record): [`Registry::materialize_as`] gives another user the same
+//! answer for a private Executor as for one that does not exist, so names do not leak.
+//!
 //! Materializing unpacks into `cache_dir/executors/<user>/<name>/<tag>/` or
 //! `cache_dir/projects/<user>/<flow_id>/` once per content: the record's SHA-256 is kept beside the
 //! folder, so a second call costs one small read of the record, and a re-pushed tag is unpacked
@@ -52,6 +56,9 @@ pub enum RegistryError {
     },
     #[error("Executor {0} does not exist: push it first")]
     ExecutorNotFound(String),
+    /// Another user's Executor that is private, or that does not exist: one answer for both.
+    #[error("Executor {0} does not exist or is private to its owner")]
+    ExecutorUnavailable(String),
     #[error("no project folder was deployed for Flow {flow_id} of user {user}")]
     ProjectNotFound { user: String, flow_id: String },
     #[error("no stored project archive has digest {0} (its Flow was updated or removed)")]
@@ -64,12 +71,25 @@ pub enum RegistryError {
     Cache { path: PathBuf, message: String },
 }
 
+/// Who may use a pushed Executor besides its owner: nobody (the default, and what a record from
+/// before visibilities reads as), or every user of the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    #[default]
+    Private,
+    Public,
+}
+
 /// What a push stored, as returned by [`Registry::push`] and [`Registry::list`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutorRecord {
     pub user: String,
     pub name: String,
     pub tag: String,
+    /// Set by each push of this tag.
+    #[serde(default)]
+    pub visibility: Visibility,
     /// The archive's key in the store.
     pub key: String,
     /// Bytes of the stored archive.
@@ -303,10 +323,12 @@ fn check_archive(
     })
 }
 
-/// Only the field materialize needs; the rest of a record may grow freely.
+/// Only the fields materialize needs; the rest of a record may grow freely.
 #[derive(Deserialize)]
 struct DigestOnly {
     sha256: String,
+    #[serde(default)]
+    visibility: Visibility,
 }
 
 /// Pushes and pulls Executor and project folders through an [`ArtifactStore`], with a local cache.
@@ -354,12 +376,13 @@ impl Registry {
 
     /// Validates and stores an Executor folder packed as `.tar.gz`: it must unpack safely within
     /// the limits and have `config.yml` at its root (or inside its single top folder). `tag`
-    /// defaults to `latest`; pushing an existing tag replaces it.
+    /// defaults to `latest`; pushing an existing tag replaces it, visibility included.
     pub async fn push(
         &self,
         user: &str,
         name: &str,
         tag: Option<&str>,
+        visibility: Visibility,
         archive: Bytes,
     ) -> Result<ExecutorRecord, RegistryError> {
         check_name("user", user)?;
@@ -372,6 +395,7 @@ impl Registry {
             user: user.to_string(),
             name: name.to_string(),
             tag,
+            visibility,
             size: checked.bytes.len() as u64,
             sha256: sha256_hex(&checked.bytes),
             has_executor_py: has("executor.py"),
@@ -400,26 +424,45 @@ impl Registry {
         Ok(out)
     }
 
-    /// A local folder holding the Executor's files, unpacked on first use and reused while the
-    /// stored archive is unchanged.
+    /// A local folder holding `user`'s own Executor's files, unpacked on first use and reused
+    /// while the stored archive is unchanged.
     pub async fn materialize(
         &self,
         user: &str,
         name: &str,
         tag: Option<&str>,
     ) -> Result<PathBuf, RegistryError> {
-        check_name("user", user)?;
+        self.materialize_as(user, user, name, tag).await
+    }
+
+    /// [`materialize`](Self::materialize) for `viewer`, who may use `owner`'s Executor if it is
+    /// theirs or public. For another user, a private Executor and a missing one give the same
+    /// [`RegistryError::ExecutorUnavailable`].
+    pub async fn materialize_as(
+        &self,
+        viewer: &str,
+        owner: &str,
+        name: &str,
+        tag: Option<&str>,
+    ) -> Result<PathBuf, RegistryError> {
+        check_name("user", owner)?;
         check_name("Executor name", name)?;
         let tag = check_tag(tag)?;
-        let key = Self::executor_key(user, name, &tag);
+        let key = Self::executor_key(owner, name, &tag);
         let target = self
             .cache_dir
             .join("executors")
-            .join(user)
+            .join(owner)
             .join(name)
             .join(&tag);
-        let not_found = || RegistryError::ExecutorNotFound(format!("{user}/{name}:{tag}"));
-        self.materialize_key(&key, target, not_found).await
+        let reference = format!("{owner}/{name}:{tag}");
+        let own = viewer == owner;
+        let not_found = || match own {
+            true => RegistryError::ExecutorNotFound(reference.clone()),
+            false => RegistryError::ExecutorUnavailable(reference.clone()),
+        };
+        let visible = |v: Visibility| own || v == Visibility::Public;
+        self.materialize_key(&key, target, not_found, visible).await
     }
 
     /// Validates and stores a project folder (`flow.yml` at its root) for a deployed Flow.
@@ -533,7 +576,8 @@ impl Registry {
             user: user.to_string(),
             flow_id: flow_id.to_string(),
         };
-        self.materialize_key(&key, target, not_found).await
+        self.materialize_key(&key, target, not_found, |_| true)
+            .await
     }
 
     async fn check(&self, kind: Kind, archive: Bytes) -> Result<Checked, RegistryError> {
@@ -562,11 +606,14 @@ impl Registry {
         Ok(())
     }
 
+    /// Unpacks `key` into `target` if the record's visibility passes `visible` (else, as for a
+    /// missing archive, `not_found()`).
     async fn materialize_key(
         &self,
         key: &str,
         target: PathBuf,
         not_found: impl Fn() -> RegistryError,
+        visible: impl Fn(Visibility) -> bool,
     ) -> Result<PathBuf, RegistryError> {
         let lock = self.locks.lock().entry(target.clone()).or_default().clone();
         let _guard = lock.lock().await;
@@ -576,7 +623,11 @@ impl Registry {
         };
         let rkey = record_key(key);
         let record = self.store.get(&rkey).await.map_err(missing)?;
-        let want = parse_record::<DigestOnly>(&rkey, &record)?.sha256;
+        let record = parse_record::<DigestOnly>(&rkey, &record)?;
+        if !visible(record.visibility) {
+            return Err(not_found());
+        }
+        let want = record.sha256;
         let marker = digest_marker(&target);
         if target.is_dir() && fs::read_to_string(&marker).is_ok_and(|have| have.trim() == want) {
             return Ok(target);

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use zeroflow_artifacts::archive::{self, ArchiveError, Limits};
-use zeroflow_artifacts::registry::{Registry, RegistryError};
+use zeroflow_artifacts::registry::{Registry, RegistryError, Visibility};
 use zeroflow_artifacts::{ArtifactStore, DirStore};
 
 fn write(root: &Path, rel: &str, text: &str) {
@@ -65,6 +65,7 @@ async fn push_list_materialize() {
             "alice",
             "Echo",
             None,
+            Visibility::Private,
             archive::pack_dir(src.path()).unwrap(),
         )
         .await
@@ -79,13 +80,20 @@ async fn push_list_materialize() {
         "alice",
         "Echo",
         Some("v2"),
+        Visibility::Private,
         archive::pack_dir(src.path()).unwrap(),
     )
     .await
     .unwrap();
-    reg.push("bob", "Other", None, archive::pack_dir(src.path()).unwrap())
-        .await
-        .unwrap();
+    reg.push(
+        "bob",
+        "Other",
+        None,
+        Visibility::Private,
+        archive::pack_dir(src.path()).unwrap(),
+    )
+    .await
+    .unwrap();
 
     let listed = reg.list("alice").await.unwrap();
     let tags: Vec<_> = listed.iter().map(|r| r.tag.as_str()).collect();
@@ -116,6 +124,7 @@ async fn push_list_materialize() {
         "alice",
         "Echo",
         None,
+        Visibility::Private,
         archive::pack_dir(src2.path()).unwrap(),
     )
     .await
@@ -146,6 +155,7 @@ async fn concurrent_first_materialize_unpacks_once() {
         "alice",
         "Echo",
         None,
+        Visibility::Private,
         archive::pack_dir(src.path()).unwrap(),
     )
     .await
@@ -180,6 +190,7 @@ async fn push_accepts_a_single_top_folder() {
             "alice",
             "Echo",
             None,
+            Visibility::Private,
             archive::pack_dir(outer.path()).unwrap(),
         )
         .await
@@ -192,6 +203,104 @@ async fn push_accepts_a_single_top_folder() {
 }
 
 #[tokio::test]
+async fn a_private_executor_is_its_owners_and_a_public_one_everyones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry(tmp.path());
+    let src = executor_folder("1");
+    let pack = || archive::pack_dir(src.path()).unwrap();
+    let private = reg
+        .push("alice", "Secret", None, Visibility::Private, pack())
+        .await
+        .unwrap();
+    assert_eq!(private.visibility, Visibility::Private);
+    let public = reg
+        .push("alice", "Shared", Some("v1"), Visibility::Public, pack())
+        .await
+        .unwrap();
+    assert_eq!(public.visibility, Visibility::Public);
+
+    // The owner uses both; another user the public one only.
+    assert!(reg.materialize("alice", "Secret", None).await.is_ok());
+    assert!(
+        reg.materialize_as("alice", "alice", "Shared", Some("v1"))
+            .await
+            .is_ok()
+    );
+    let dir = reg
+        .materialize_as("bob", "alice", "Shared", Some("v1"))
+        .await
+        .unwrap();
+    assert!(dir.join("config.yml").is_file());
+
+    // A private Executor and a missing one look the same to bob: nothing tells them apart.
+    let private_err = reg
+        .materialize_as("bob", "alice", "Secret", None)
+        .await
+        .unwrap_err();
+    let missing_err = reg
+        .materialize_as("bob", "alice", "Ghost", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&private_err, RegistryError::ExecutorUnavailable(r) if r == "alice/Secret:latest"),
+        "{private_err}"
+    );
+    assert!(
+        matches!(&missing_err, RegistryError::ExecutorUnavailable(_)),
+        "{missing_err}"
+    );
+    assert_eq!(
+        private_err.to_string(),
+        "Executor alice/Secret:latest does not exist or is private to its owner"
+    );
+    assert_eq!(
+        missing_err.to_string().replace("Ghost", "Secret"),
+        private_err.to_string()
+    );
+    // Even after the owner has it in the cache, bob does not get the folder.
+    assert!(
+        reg.materialize_as("bob", "alice", "Secret", None)
+            .await
+            .is_err()
+    );
+
+    // A re-push sets the visibility anew: public now, private again after.
+    reg.push("alice", "Secret", None, Visibility::Public, pack())
+        .await
+        .unwrap();
+    assert!(
+        reg.materialize_as("bob", "alice", "Secret", None)
+            .await
+            .is_ok()
+    );
+    reg.push("alice", "Secret", None, Visibility::Private, pack())
+        .await
+        .unwrap();
+    assert!(
+        reg.materialize_as("bob", "alice", "Secret", None)
+            .await
+            .is_err()
+    );
+
+    // A record from before visibilities (no field) is private.
+    let rkey = "executors/alice/Shared/v1.json";
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&reg.store().get(rkey).await.unwrap()).unwrap();
+    rec.as_object_mut().unwrap().remove("visibility");
+    reg.store()
+        .put(rkey, Bytes::from(serde_json::to_vec(&rec).unwrap()))
+        .await
+        .unwrap();
+    assert!(
+        reg.materialize_as("bob", "alice", "Shared", Some("v1"))
+            .await
+            .is_err()
+    );
+    let listed = reg.list("alice").await.unwrap();
+    assert!(listed.iter().all(|r| r.visibility == Visibility::Private));
+}
+
+#[tokio::test]
 async fn push_refusals_name_the_problem_and_store_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let reg = registry(tmp.path());
@@ -201,7 +310,13 @@ async fn push_refusals_name_the_problem_and_store_nothing() {
     write(d.path(), "executor.py", "");
     write(d.path(), "README.md", "");
     let err = reg
-        .push("alice", "Echo", None, archive::pack_dir(d.path()).unwrap())
+        .push(
+            "alice",
+            "Echo",
+            None,
+            Visibility::Private,
+            archive::pack_dir(d.path()).unwrap(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::MissingFile { .. }), "{err}");
@@ -223,7 +338,10 @@ async fn push_refusals_name_the_problem_and_store_nothing() {
     ));
     b.append(&h, &b"x"[..]).unwrap();
     let evil = Bytes::from(b.into_inner().unwrap().finish().unwrap());
-    let err = reg.push("alice", "Echo", None, evil).await.unwrap_err();
+    let err = reg
+        .push("alice", "Echo", None, Visibility::Private, evil)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -247,6 +365,7 @@ async fn push_refusals_name_the_problem_and_store_nothing() {
             "alice",
             "Echo",
             None,
+            Visibility::Private,
             archive::pack_dir(src.path()).unwrap(),
         )
         .await
@@ -260,7 +379,10 @@ async fn push_refusals_name_the_problem_and_store_nothing() {
         ("a/b", "Echo", None, "user"),
         ("alice", "Echo", Some("v1/../../x"), "tag"),
     ] {
-        let err = reg.push(user, name, tag, ok.clone()).await.unwrap_err();
+        let err = reg
+            .push(user, name, tag, Visibility::Private, ok.clone())
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, RegistryError::BadName { what: w, .. } if *w == what),
             "{err}"
@@ -294,6 +416,7 @@ async fn materialize_checks_what_the_store_holds() {
             "alice",
             "Echo",
             None,
+            Visibility::Private,
             archive::pack_dir(src.path()).unwrap(),
         )
         .await

@@ -171,6 +171,7 @@ async fn registry_through_s3() {
             "alice",
             "Echo",
             Some("v1"),
+            zeroflow_artifacts::registry::Visibility::Private,
             archive::pack_dir(src.path()).unwrap(),
         )
         .await

@@ -206,6 +206,8 @@ mod tests {
             &["jobs", "list", "f1"],
             &["job", "logs", "j", "f1"],
             &["executor", "push", "dir", "--name", "x", "--tag", "v1"],
+            &["executor", "push", "dir", "--name", "x", "--public"],
+            &["executor", "push", "dir", "--name", "x", "--private"],
             &["new"],
             &["login", "--token", "t"],
             &["server"],
@@ -220,6 +222,15 @@ mod tests {
     fn usage_errors() {
         for bad in [
             &["flow", "restart", "f1", "--gateway", "--executor", "e"][..],
+            &[
+                "executor",
+                "push",
+                "dir",
+                "--name",
+                "x",
+                "--public",
+                "--private",
+            ],
             &["flow", "restart"],
             &["flow", "scale", "f1", "--executor", "e", "--replicas", "0"],
             &["flow", "scale", "f1", "--replicas", "2"],

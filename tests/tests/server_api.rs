@@ -329,7 +329,7 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_changes_nothing() {
         400,
         "autoscale.max",
     );
-    // An Executor nobody pushed.
+    // An Executor nobody pushed: not found.
     expect(
         "POST",
         "/flows",
@@ -337,7 +337,7 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_changes_nothing() {
         Some(Body::Spec(
             "jtype: Flow\nexecutors:\n  - name: a\n    uses: jinaai+docker://alice/ghost\n".into(),
         )),
-        400,
+        404,
         "ghost",
     );
     // A program that is not on the server.
@@ -600,6 +600,205 @@ fn an_executor_pushed_through_the_api_runs_in_a_flow() {
         2,
         "both requests, across the restart: {seen}"
     );
+    server.stop();
+}
+
+/// `jc server` on `data` that must fail to start: its stderr.
+fn failed_start(data: &std::path::Path, envs: &[(&str, &str)]) -> String {
+    let mut child = std::process::Command::new(zeroflow_tests::bin("jc"))
+        .args(["server", "--port", &free_port().to_string(), "--data-dir"])
+        .arg(data)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn jc server");
+    let status = zeroflow_tests::wait_for("jc server to give up", Duration::from_secs(60), || {
+        child.try_wait().expect("try_wait")
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "it started: {err}");
+    err
+}
+
+#[test]
+fn secrets_are_sealed_at_rest_with_the_servers_key() {
+    use std::os::unix::fs::PermissionsExt;
+    const VALUE: &str = "s3cr3t-Value-91ab";
+    let data = temp_dir("server-sealed");
+    let server = Server::start(&data, free_port());
+    let alice = server.token("alice");
+    let id = deploy(&server, &alice, RUST_FLOW);
+    let (s, _, v) = server.call(
+        "POST",
+        "/secrets",
+        Some(&alice),
+        Some(Body::Json(
+            json!({"name": "db", "id": id, "data": {"PASSWORD": VALUE}}),
+        )),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert!(!v.to_string().contains(VALUE), "{v}");
+    let key = data.join("secret.key");
+    let meta = std::fs::metadata(&key).expect("the key file made at first start");
+    assert_eq!((meta.permissions().mode() & 0o777, meta.len()), (0o600, 32));
+    let on_disk = |data: &std::path::Path| {
+        ["state.db", "state.db-wal"]
+            .iter()
+            .flat_map(|f| std::fs::read(data.join(f)).unwrap_or_default())
+            .collect::<Vec<u8>>()
+    };
+    let sealed = |bytes: &[u8]| !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes());
+    assert!(sealed(&on_disk(&data)));
+    server.stop();
+    assert!(sealed(&on_disk(&data)));
+
+    // A key file others can read stops the start, saying how to fix it.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = failed_start(&data, &[]);
+    assert!(
+        err.contains("secret.key") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Another key stops it too, naming the secret it cannot decrypt.
+    let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let err = failed_start(&data, &[("ZEROFLOW_SECRET_KEY", other)]);
+    assert!(
+        err.contains(&format!("secret db of Flow {id} cannot be decrypted")),
+        "{err}"
+    );
+    let err = failed_start(&data, &[("ZEROFLOW_SECRET_KEY", "short")]);
+    assert!(err.contains("ZEROFLOW_SECRET_KEY"), "{err}");
+    // The same key given in the environment (as from a Kubernetes Secret) opens them.
+    let b64 = std::process::Command::new("base64")
+        .arg("-w0")
+        .arg(&key)
+        .output()
+        .expect("base64");
+    let b64 = String::from_utf8(b64.stdout).unwrap();
+    let server = Server::start_with(
+        &data,
+        free_port(),
+        &[("ZEROFLOW_SECRET_KEY".into(), b64)],
+        false,
+    );
+    let (s, _, v) = server.call("GET", &format!("/secrets/{id}/db"), Some(&alice), None);
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v.to_string().contains("PASSWORD") && !v.to_string().contains(VALUE),
+        "{v}"
+    );
+    server.stop();
+}
+
+/// The test Appender's folder as a push sends it: config.yml + module.
+fn appender_folder(data: &std::path::Path) -> std::path::PathBuf {
+    let src = data.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let py = zeroflow_tests::workspace_root().join("tests/python/executors");
+    std::fs::copy(py.join("appender.py"), src.join("appender.py")).unwrap();
+    std::fs::copy(py.join("appender.yml"), src.join("config.yml")).unwrap();
+    src
+}
+
+fn flow_using(uses: &str) -> String {
+    format!("jtype: Flow\nexecutors:\n  - name: e\n    uses: {uses}\n")
+}
+
+#[test]
+fn a_pushed_executor_is_private_to_its_owner_unless_pushed_public() {
+    let data = temp_dir("server-private");
+    let server = Server::start(&data, free_port());
+    let alice = server.token("alice");
+    let bob = server.token("bob");
+    let src = appender_folder(&data);
+    let (s, _, v) = push_folder(&server, &alice, &src, &["name=mine"]);
+    assert_eq!((s, v["visibility"].as_str()), (201, Some("private")), "{v}");
+    let (s, _, v) = push_folder(&server, &alice, &src, &["name=shared", "public=true"]);
+    assert_eq!((s, v["visibility"].as_str()), (201, Some("public")), "{v}");
+    for (fields, needle) in [
+        (&["name=x", "public=maybe"][..], "public: got \"maybe\""),
+        (&["name=x", "public=true", "private=true"], "both true"),
+    ] {
+        let (s, _, v) = push_folder(&server, &alice, &src, fields);
+        assert_eq!(s, 400, "{fields:?}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{fields:?}: {v}"
+        );
+    }
+
+    // Bob naming alice's private Executor, with either scheme, and one nobody pushed: the same
+    // 404, naming the Executor, whether it exists or not.
+    let refused = |uses: &str| {
+        let (s, ct, v) = server.call(
+            "POST",
+            "/flows",
+            Some(&bob),
+            Some(Body::Spec(flow_using(uses))),
+        );
+        assert_eq!((s, ct.as_str()), (404, "application/json"), "{uses}: {v}");
+        v["error"].as_str().expect("an error").to_string()
+    };
+    let private = refused("jinaai+docker://alice/mine");
+    assert!(
+        private.contains("Executor e: jinaai+docker://alice/mine")
+            && private.contains("does not exist or is private"),
+        "{private}"
+    );
+    let serverless = refused("jinaai+serverless://alice/mine:latest");
+    assert!(serverless.contains("alice/mine"), "{serverless}");
+    let missing = refused("jinaai+docker://alice/ghost");
+    assert_eq!(missing.replace("ghost", "mine"), private);
+    // Bob's own short name is his, not alice's.
+    refused("jinaai+docker://mine");
+    // Validation says the same, and nothing was created for bob.
+    let (s, _, v) = server.call(
+        "POST",
+        "/flows/validate",
+        Some(&bob),
+        Some(Body::Spec(flow_using("jinaai+docker://alice/mine"))),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["errors"][0].as_str(), Some(private.as_str()), "{v}");
+    let (_, _, v) = server.call("GET", "/flows?phase=All", Some(&bob), None);
+    assert_eq!(v["flows"], json!([]), "{v}");
+
+    // Our `jc executor push --public` makes it everyone's.
+    let out = std::process::Command::new(zeroflow_tests::bin("jc"))
+        .args(["executor", "push"])
+        .arg(&src)
+        .args(["--name", "viajc", "--public"])
+        .env("JCLOUD_API", server.url())
+        .env("JINA_AUTH_TOKEN", &alice)
+        .output()
+        .expect("jc executor push");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("public"), "{out:?}");
+    let (s, _, v) = server.call(
+        "POST",
+        "/flows/validate",
+        Some(&bob),
+        Some(Body::Spec(flow_using("jinaai+docker://alice/viajc"))),
+    );
+    assert_eq!((s, &v["errors"]), (200, &json!([])), "{v}");
+
+    // The owner runs the private one, bob the public one.
+    let mine = deploy(&server, &alice, &flow_using("jinaai+docker://alice/mine"));
+    let shared = deploy(
+        &server,
+        &bob,
+        &flow_using("jinaai+serverless://alice/shared"),
+    );
+    for (token, id) in [(&alice, &mine), (&bob, &shared)] {
+        let v = server.wait_phase(token, id, "Serving", Duration::from_secs(180));
+        run_python(
+            "check_client.py",
+            &["single", "--grpc", &gateway(&v), "--suffix=-py"],
+        );
+    }
     server.stop();
 }
 

@@ -352,6 +352,12 @@ pub enum ExecutorCmd {
         name: String,
         #[arg(long, default_value = "latest")]
         tag: String,
+        /// Let every user of the server use it in their Flows (default: only you).
+        #[arg(long, conflicts_with = "private")]
+        public: bool,
+        /// Only you may use it: the default, as on Jina Hub's `push --private`.
+        #[arg(long)]
+        private: bool,
         #[arg(long)]
         json: bool,
     },
@@ -1222,6 +1228,8 @@ async fn executor_inner(cmd: ExecutorCmd) -> Result<()> {
         dir,
         name,
         tag,
+        public,
+        private: _,
         json,
     } = cmd;
     if !dir.is_dir() {
@@ -1236,6 +1244,7 @@ async fn executor_inner(cmd: ExecutorCmd) -> Result<()> {
     let form = reqwest::multipart::Form::new()
         .text("name", name.clone())
         .text("tag", tag.clone())
+        .text("public", public.to_string())
         .part(
             "archive",
             reqwest::multipart::Part::bytes(bytes)
@@ -1250,11 +1259,15 @@ async fn executor_inner(cmd: ExecutorCmd) -> Result<()> {
         println!("{}", r.text.trim_end());
         return Ok(());
     }
+    let who = match public {
+        true => "public: every user may use it",
+        false => "private: only you may use it",
+    };
     match r.json.get("uses").and_then(Value::as_str) {
         Some(uses) => {
-            println!("Pushed Executor {name}:{tag}. Use it in a Flow with `uses: {uses}`.")
+            println!("Pushed Executor {name}:{tag} ({who}). Use it in a Flow with `uses: {uses}`.")
         }
-        None => println!("Pushed Executor {name}:{tag}."),
+        None => println!("Pushed Executor {name}:{tag} ({who})."),
     }
     Ok(())
 }

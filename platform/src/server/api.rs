@@ -78,6 +78,9 @@ impl From<DeployError> for ApiError {
                 ApiError::bad(format!("the spec cannot run here: {why}"))
                     .with("errors", json!([why]))
             }
+            DeployError::Spec(SpecRejected::NoSuchExecutor(why)) => {
+                ApiError::not_found(why.clone()).with("errors", json!([why]))
+            }
             DeployError::NoExecutor(_) => ApiError::not_found(e.to_string()),
             DeployError::Refused {
                 too_large: true,
@@ -492,7 +495,7 @@ async fn handle(
             let errors = match c.check_spec(user, &yaml, project).await {
                 Ok(_) => vec![],
                 Err(SpecRejected::Invalid(e)) => e,
-                Err(SpecRejected::Unrunnable(e)) => vec![e],
+                Err(SpecRejected::Unrunnable(e)) | Err(SpecRejected::NoSuchExecutor(e)) => vec![e],
             };
             // 200 even with errors: the client shows `errors` after `raise_for_status`.
             let mut body = json!({ "errors": errors });
@@ -895,7 +898,8 @@ fn create_job(
 }
 
 /// `POST /executors`: multipart `name`, optional `tag` (default `latest`), `archive` (the
-/// Executor folder as .tar.gz).
+/// Executor folder as .tar.gz), optional `public` (`true`: every user may use it; else it is
+/// private to the pusher) or, as the Hub's push takes it, `private`.
 async fn push_executor(c: &Arc<Controller>, user: &str, req: Request) -> Result<Response> {
     if !is_multipart(&req) {
         return Err(ApiError::bad(
@@ -910,6 +914,10 @@ async fn push_executor(c: &Arc<Controller>, user: &str, req: Request) -> Result<
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "latest".into());
     safe_name("tag", &tag)?;
+    let visibility = push_visibility(
+        text(fields.remove("public")),
+        text(fields.remove("private")),
+    )?;
     let archive = fields.remove("archive").ok_or_else(|| {
         ApiError::bad(
             "archive: missing; allowed: a .tar.gz of the Executor folder (with config.yml)",
@@ -922,7 +930,10 @@ async fn push_executor(c: &Arc<Controller>, user: &str, req: Request) -> Result<
         ));
     };
     use zeroflow_artifacts::registry::RegistryError;
-    match registry.push(user, &name, Some(&tag), archive).await {
+    match registry
+        .push(user, &name, Some(&tag), visibility, archive)
+        .await
+    {
         Ok(rec) => {
             c.store.record_executor(user, &rec.name, &rec.tag)?;
             let mut v = serde_json::to_value(&rec).unwrap_or_default();
@@ -933,5 +944,30 @@ async fn push_executor(c: &Arc<Controller>, user: &str, req: Request) -> Result<
             Err(ApiError::internal(e))
         }
         Err(e) => Err(ApiError::bad(e.to_string())),
+    }
+}
+
+/// The `public` / `private` fields of a push: private unless `public` is true; both true is a
+/// contradiction, refused.
+fn push_visibility(
+    public: Option<String>,
+    private: Option<String>,
+) -> Result<zeroflow_artifacts::registry::Visibility> {
+    use zeroflow_artifacts::registry::Visibility;
+    let flag = |field: &str, v: Option<String>| -> Result<bool> {
+        match v.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("false") | Some("0") | Some("no") => Ok(false),
+            Some("true") | Some("1") | Some("yes") => Ok(true),
+            Some(other) => Err(ApiError::bad(format!(
+                "{field}: got {other:?}, allowed: true or false"
+            ))),
+        }
+    };
+    match (flag("public", public)?, flag("private", private)?) {
+        (true, true) => Err(ApiError::bad(
+            "public and private are both true: push with one of them",
+        )),
+        (true, false) => Ok(Visibility::Public),
+        _ => Ok(Visibility::Private),
     }
 }

@@ -31,6 +31,9 @@ pub enum SpecRejected {
     Invalid(Vec<String>),
     #[error("{0}")]
     Unrunnable(String),
+    /// A pushed Executor the user may not use or nobody pushed (404).
+    #[error("{0}")]
+    NoSuchExecutor(String),
 }
 
 /// The per-Flow runtime side: the running Flow (if any), the generation of the latest request,
@@ -219,12 +222,12 @@ impl Controller {
                 .retain(|e| !matches!(e.uses, zeroflow_spec::Uses::Docker { .. }));
             resolve_flow(&mut pushed, user, self.resolver.as_ref())
                 .await
-                .map_err(SpecRejected::Unrunnable)?;
+                .map_err(SpecRejected::from)?;
             return Ok(flow);
         }
         resolve_flow(&mut flow, user, self.resolver.as_ref())
             .await
-            .map_err(SpecRejected::Unrunnable)?;
+            .map_err(SpecRejected::from)?;
         crate::local::LocalRuntime::new(
             &flow,
             self.local_options("check", project.map(|p| p.dir.as_path())),

@@ -26,6 +26,8 @@ fn op(summary: &str, ok: &str, body: Option<&str>, extra: &[(&str, Value)]) -> V
             o["requestBody"] = json!({"required": true, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["name", "archive"],
                 "properties": {"name": {"type": "string"}, "tag": {"type": "string", "default": "latest"},
+                               "public": {"type": "boolean", "default": false, "description": "every user may use it; else only the pusher (another user gets 404)"},
+                               "private": {"type": "boolean", "default": true, "description": "the default, as the Hub's push --private"},
                                "archive": {"type": "string", "format": "binary", "description": ".tar.gz of the Executor folder"}}}}}});
         }
         Some(schema) => {

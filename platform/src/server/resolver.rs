@@ -2,14 +2,53 @@
 //! `jinaai+serverless://…`, `jinahub+docker://ID/TAG`…) into a local folder holding the pushed
 //! Executor (its `config.yml` and Python modules), so the local runtime can run it as a
 //! `jina executor`. Container images cannot run on this machine; pushed source folders can.
+//! A user reaches their own pushed Executors and other users' public ones; another user's
+//! private Executor resolves exactly as one that does not exist.
 
 use std::path::{Path, PathBuf};
 use zeroflow_spec::{Flow, Uses};
 
-/// Finds the folder of a pushed Executor for `user`. `Ok(None)`: no such Executor.
+/// Finds the folder of a pushed Executor for `user`. `Ok(None)`: no such Executor that `user`
+/// may use (missing, or another user's private one).
 #[async_trait::async_trait]
 pub trait ExecutorResolver: Send + Sync {
     async fn resolve(&self, user: &str, uses: &Uses) -> Result<Option<PathBuf>, String>;
+}
+
+/// Why a Flow's Executors do not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// Nothing `user` may use has that name. The same answer whether it was never pushed or is
+    /// another user's private Executor, so that private names do not leak.
+    #[error(
+        "Executor {executor}: {uses} does not exist or is private to its owner; push it with \
+         `jc executor push` (POST /executors), or ask its owner to push it with --public"
+    )]
+    Unavailable { executor: String, uses: String },
+    #[error(
+        "Executor {executor}: docker://{image} is a container image, which this server cannot run; \
+         push the Executor's folder instead and use jinaai+docker://NAME"
+    )]
+    ContainerImage { executor: String, image: String },
+    /// The registry failed (storage, a damaged archive): not the user's reference.
+    #[error("Executor {executor}: {message}")]
+    Registry { executor: String, message: String },
+}
+
+impl From<ResolveError> for super::control::SpecRejected {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Unavailable { .. } => Self::NoSuchExecutor(e.to_string()),
+            _ => Self::Unrunnable(e.to_string()),
+        }
+    }
+}
+
+/// For callers that report a Flow's start failure as text.
+impl From<ResolveError> for String {
+    fn from(e: ResolveError) -> String {
+        e.to_string()
+    }
 }
 
 /// A Hub reference split into its parts: `[owner/]name[:tag]`, or the `ID/TAG` form the public
@@ -63,7 +102,8 @@ fn safe(seg: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Pushed Executors as plain folders: `ROOT/<user>/<name>/<tag>/config.yml`.
+/// Pushed Executors as plain folders: `ROOT/<user>/<name>/<tag>/config.yml`, placed by hand.
+/// They have no record to say they are public, so each is its owner's only.
 pub struct DirResolver {
     pub root: PathBuf,
 }
@@ -87,6 +127,9 @@ impl ExecutorResolver for DirResolver {
         };
         for r in parse_reference(reference) {
             let owner = r.owner.as_deref().unwrap_or(user);
+            if owner != user {
+                continue;
+            }
             let tag = r.tag.as_deref().unwrap_or("latest");
             if let Some(dir) = self.folder(owner, &r.name, tag)
                 && dir.join("config.yml").is_file()
@@ -119,13 +162,15 @@ impl ExecutorResolver for RegistryResolver {
             }
             match self
                 .registry
-                .materialize(owner, &r.name, r.tag.as_deref())
+                .materialize_as(user, owner, &r.name, r.tag.as_deref())
                 .await
             {
                 Ok(dir) => return Ok(Some(dir)),
-                // Not pushed under this reading (or the name does not fit the registry's
-                // rules): try the next reading, then the plain folders.
-                Err(RegistryError::ExecutorNotFound(_)) | Err(RegistryError::BadName { .. }) => {}
+                // Not pushed under this reading, private to another user, or a name that does
+                // not fit the registry's rules: try the next reading, then the plain folders.
+                Err(RegistryError::ExecutorNotFound(_))
+                | Err(RegistryError::ExecutorUnavailable(_))
+                | Err(RegistryError::BadName { .. }) => {}
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -134,41 +179,46 @@ impl ExecutorResolver for RegistryResolver {
 }
 
 /// Rewrites every Hub-referenced Executor of `flow` to run its pushed folder's `config.yml`.
-/// An Executor that names a container image (`docker://`) or an Executor nobody pushed is an
-/// error naming it.
+/// An Executor that names a container image (`docker://`), or a pushed Executor that `user`
+/// may not use or nobody pushed, is an error naming it.
 pub async fn resolve_flow(
     flow: &mut Flow,
     user: &str,
     resolver: &dyn ExecutorResolver,
-) -> Result<(), String> {
+) -> Result<(), ResolveError> {
     for e in &mut flow.executors {
         if e.command.is_some() || e.external.is_some() {
             continue;
         }
         match &e.uses {
-            Uses::Hub { scheme, reference } => match resolver.resolve(user, &e.uses).await? {
-                Some(dir) => {
-                    e.uses = Uses::Config {
-                        path: dir.join("config.yml").to_string_lossy().into_owned(),
-                    };
-                    // The config's own py_modules are relative to its folder; the Flow's are
-                    // resolved here for the same reason.
-                    e.py_modules = e.py_modules.iter().map(|m| absolute(&dir, m)).collect();
+            Uses::Hub { scheme, reference } => {
+                match resolver.resolve(user, &e.uses).await.map_err(|message| {
+                    ResolveError::Registry {
+                        executor: e.name.clone(),
+                        message,
+                    }
+                })? {
+                    Some(dir) => {
+                        e.uses = Uses::Config {
+                            path: dir.join("config.yml").to_string_lossy().into_owned(),
+                        };
+                        // The config's own py_modules are relative to its folder; the Flow's are
+                        // resolved here for the same reason.
+                        e.py_modules = e.py_modules.iter().map(|m| absolute(&dir, m)).collect();
+                    }
+                    None => {
+                        return Err(ResolveError::Unavailable {
+                            executor: e.name.clone(),
+                            uses: format!("{scheme}://{reference}"),
+                        });
+                    }
                 }
-                None => {
-                    return Err(format!(
-                        "Executor {}: {scheme}://{reference} is not a pushed Executor of user {user}; \
-                         push it first (POST /executors with its folder as a .tar.gz)",
-                        e.name
-                    ));
-                }
-            },
+            }
             Uses::Docker { image } => {
-                return Err(format!(
-                    "Executor {}: docker://{image} is a container image, which this server cannot run; \
-                     push the Executor's folder instead and use jinaai+docker://NAME",
-                    e.name
-                ));
+                return Err(ResolveError::ContainerImage {
+                    executor: e.name.clone(),
+                    image: image.clone(),
+                });
             }
             _ => {}
         }
@@ -228,8 +278,10 @@ mod tests {
             r.resolve("alice", &hub("echo")).await.unwrap(),
             Some(dir.clone())
         );
+        // A folder placed by hand is its owner's only.
+        assert_eq!(r.resolve("bob", &hub("alice/echo")).await.unwrap(), None);
         assert_eq!(
-            r.resolve("bob", &hub("alice/echo")).await.unwrap(),
+            r.resolve("alice", &hub("alice/echo")).await.unwrap(),
             Some(dir.clone())
         );
         assert_eq!(
@@ -241,6 +293,91 @@ mod tests {
             r.resolve("alice", &hub("../alice/echo")).await.unwrap(),
             None
         );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn another_users_private_executor_resolves_as_a_missing_one() {
+        use zeroflow_artifacts::registry::{Registry, Visibility};
+        let root = std::env::temp_dir().join(format!(
+            "zf-resolver-reg-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let src = root.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("config.yml"), "jtype: X\n").unwrap();
+        let store = std::sync::Arc::new(zeroflow_artifacts::DirStore::new(root.join("store")));
+        let registry = std::sync::Arc::new(Registry::new(store, root.join("cache")));
+        let pack = || zeroflow_artifacts::archive::pack_dir(&src).unwrap();
+        registry
+            .push("alice", "mine", None, Visibility::Private, pack())
+            .await
+            .unwrap();
+        registry
+            .push("alice", "shared", Some("v1"), Visibility::Public, pack())
+            .await
+            .unwrap();
+        let r = RegistryResolver {
+            registry,
+            fallback: DirResolver::new(root.join("executors")),
+        };
+        let flow = |uses: &str| {
+            super::super::control::load_spec(&format!(
+                "jtype: Flow\nexecutors:\n  - name: e\n    uses: {uses}\n"
+            ))
+            .unwrap()
+            .flow
+        };
+        let resolve = |user: &'static str, uses: &'static str| {
+            let r = &r;
+            async move {
+                let mut f = flow(uses);
+                resolve_flow(&mut f, user, r).await.map(|()| f)
+            }
+        };
+        // The owner, by full and short name; anyone, the public one.
+        for (user, uses) in [
+            ("alice", "jinaai+docker://alice/mine"),
+            ("alice", "jinaai+serverless://mine"),
+            ("bob", "jinaai+docker://alice/shared:v1"),
+            ("bob", "jinaai+serverless://alice/shared:v1"),
+        ] {
+            let f = resolve(user, uses)
+                .await
+                .unwrap_or_else(|e| panic!("{user} {uses}: {e}"));
+            assert!(
+                matches!(&f.executors[0].uses, Uses::Config { path } if path.ends_with("config.yml")),
+                "{user} {uses}"
+            );
+        }
+        // Bob, alice's private one and one nobody pushed: the same error but for the name.
+        let private = resolve("bob", "jinaai+docker://alice/mine")
+            .await
+            .unwrap_err();
+        let missing = resolve("bob", "jinaai+docker://alice/nothing")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(private, ResolveError::Unavailable { .. }),
+            "{private}"
+        );
+        assert_eq!(
+            missing.to_string().replace("nothing", "mine"),
+            private.to_string()
+        );
+        let text = private.to_string();
+        assert!(
+            text.contains("Executor e: jinaai+docker://alice/mine")
+                && text.contains("does not exist or is private"),
+            "{text}"
+        );
+        assert!(matches!(
+            super::super::control::SpecRejected::from(private),
+            super::super::control::SpecRejected::NoSuchExecutor(_)
+        ));
+        // Bob's short name is bob's own, never alice's.
+        assert!(resolve("bob", "jinaai+docker://mine").await.is_err());
         let _ = std::fs::remove_dir_all(&root);
     }
 }
