@@ -284,7 +284,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
         object,
         manifest,
         selector,
-    } = &made;
+    } = made;
     let no_pods = || async {
         let list = pods
             .list(&ListParams::default().labels(&selector))
@@ -300,7 +300,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
     .await?;
 
     let metrics_port = zeroflow_tests::free_port();
-    let served = start_gateway(&cluster, ns, FLOW_ID, metrics_port).await?;
+    let served = start_gateway(&cluster, &ns, FLOW_ID, metrics_port).await?;
     let url = served
         .grpc
         .clone()
@@ -406,7 +406,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
         (list.items.iter().filter(|p| is_ready(p)).count() == 1).then_some(())
     })
     .await?;
-    let served = start_gateway(&cluster, ns, FLOW_ID, zeroflow_tests::free_port()).await?;
+    let served = start_gateway(&cluster, &ns, FLOW_ID, zeroflow_tests::free_port()).await?;
     assert!(
         served
             .lines
