@@ -128,8 +128,9 @@ fn track_max(rt: &tokio::runtime::Runtime, api: Api<Deployment>, name: &str) -> 
     let max = Arc::new(AtomicI32::new(0));
     let (m, name) = (max.clone(), name.to_string());
     rt.spawn(async move {
-        loop {
-            if let Some(r) = replicas(&api, &name).await {
+        // Ends when the cluster does (the test is over by then).
+        while let Ok(d) = api.get_opt(&name).await {
+            if let Some(r) = d.and_then(|d| d.spec.and_then(|s| s.replicas)) {
                 m.fetch_max(r, Ordering::SeqCst);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -333,5 +334,62 @@ fn a_project_flow_on_kubernetes_wakes_from_zero_bursts_within_max_survives_a_pod
             .unwrap();
         assert!(left.items.is_empty(), "deployments left");
     });
+
+    // A Flow resource applied with kubectl (no REST API involved) serves the same way: the
+    // controller makes its objects, and its gateway answers at the NodePort of its status.
+    println!("== kubectl apply of a Flow resource");
+    let file = work.join("by-hand.yaml");
+    std::fs::write(&file, BY_HAND).unwrap();
+    let kc = cluster.kubeconfig_path();
+    kubectl(&kc, &["apply", "-f", file.to_str().unwrap()]);
+    let flows = kube::Api::<zeroflow_platform::kube::crd::FlowResource>::namespaced(
+        admin.clone(),
+        "by-hand",
+    );
+    let grpc = wait_for("the applied Flow to serve", DEADLINE, || {
+        let f = rt.block_on(flows.get("by-hand")).expect("get the Flow");
+        let st = f.status?;
+        use zeroflow_platform::kube::crd::FlowPhase;
+        assert_ne!(st.phase, Some(FlowPhase::Failed), "{:?}", st.error);
+        (st.phase == Some(FlowPhase::Serving))
+            .then(|| st.endpoints.get("grpc").cloned())
+            .flatten()
+    });
+    let texts = rt.block_on(async {
+        let mut c = load::client(&grpc).await;
+        let r = c
+            .process_single_data(load::text_request("k1", &["hi"]))
+            .await
+            .expect("the applied Flow answers");
+        load::doc_texts(&r.into_inner())
+    });
+    assert_eq!(texts, ["hi-k"]);
+    kubectl(
+        &kc,
+        &["delete", "-f", file.to_str().unwrap(), "--wait=true"],
+    );
     server.stop();
 }
+
+/// A Flow resource as someone with kubectl writes it: its namespace, and the Flow YAML inside.
+const BY_HAND: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: by-hand
+---
+apiVersion: zeroflow.dev/v1alpha1
+kind: Flow
+metadata:
+  name: by-hand
+  namespace: by-hand
+spec:
+  flowId: by-hand
+  owner: ops
+  yaml: |
+    jtype: Flow
+    executors:
+      - name: echo
+        command: zeroflow-test-executor --port {port} --append -k
+        jcloud:
+          autoscale: {min: 0, max: 1}
+";
