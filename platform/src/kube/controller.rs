@@ -356,17 +356,10 @@ async fn hold_scale(
     let (ns, name) = (d.namespace().unwrap_or_default(), d.name_any());
     tracing::info!(deployment = %name, namespace = %ns, from = current, to = want, "setting replicas");
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let pp = PatchParams {
-        field_manager: Some(names::AUTOSCALER_MANAGER.into()),
-        ..Default::default()
-    };
-    api.patch_scale(
-        &name,
-        &pp,
-        &Patch::Merge(json!({ "spec": { "replicas": want } })),
-    )
-    .await
-    .map_err(api_error::<Deployment>("scale", &ns, &name))?;
+    // The one way an Executor's count is written (the autoscaler's field manager owns it).
+    crate::kube::runtime::apply_scale(&api, &name, want.max(0) as u32)
+        .await
+        .map_err(api_error::<Deployment>("scale", &ns, &name))?;
     Ok(())
 }
 

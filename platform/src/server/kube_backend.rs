@@ -603,16 +603,9 @@ impl KubeBackend {
         }
         let ns = names::namespace(&rec.id);
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-        let pp = PatchParams {
-            field_manager: Some(names::AUTOSCALER_MANAGER.to_string()),
-            ..Default::default()
-        };
-        let patch = json!({ "spec": { "replicas": replicas } });
         for name in executor_deployments(executor) {
-            match deployments
-                .patch_scale(&name, &pp, &Patch::Merge(&patch))
-                .await
-            {
+            // The one way an Executor's count is written (the autoscaler's field manager).
+            match crate::kube::runtime::apply_scale(&deployments, &name, replicas).await {
                 Ok(_) => {}
                 // Not made yet: the controller starts it from the spec.
                 Err(kube::Error::Api(s)) if s.is_not_found() => {}
