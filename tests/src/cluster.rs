@@ -41,6 +41,25 @@ pub fn node_path() -> String {
     parts.join(":")
 }
 
+/// Runs the test cluster's kubectl (`kube_bin_dir()/kubectl`, not the system's) with
+/// `kubeconfig`; returns stdout and stderr together, and panics with them if it fails, since a
+/// test cannot go on past a failed kubectl.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(crate::apiserver::kube_bin_dir().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl {}: {text}", args.join(" "));
+    text
+}
+
 /// A running test cluster. Dropping it runs `scripts/test-cluster.sh down`; the folder (with
 /// every component's log) is removed unless the test is failing, so a failure can be read.
 pub struct TestCluster {

@@ -22,8 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
-use zeroflow_tests::apiserver::kube_bin_dir;
-use zeroflow_tests::cluster::TestCluster;
+use zeroflow_tests::cluster::{TestCluster, kubectl};
 use zeroflow_tests::{load, run_python, temp_dir, wait_for, workspace_root};
 
 /// Pods start Python (about 2 s each here, more on a busy machine) and are scheduled, probed and
@@ -49,22 +48,6 @@ executors:
     command: zeroflow-test-executor --port {port} --append -rs
     replicas: 2
 ";
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(kube_bin_dir().join("kubectl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kubectl {}: {text}", args.join(" "));
-    text
-}
 
 /// The CRD (what an admin installs first), established.
 fn install_crd(cluster: &TestCluster) {

@@ -21,30 +21,13 @@ use server_common::{Body, Server, free_port, jcloud};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use zeroflow_tests::apiserver::kube_bin_dir;
-use zeroflow_tests::cluster::TestCluster;
+use zeroflow_tests::cluster::{TestCluster, kubectl};
 use zeroflow_tests::{temp_dir, wait_for, workspace_root};
 
 /// The ServiceAccount `manifests/platform/20-rbac.yaml` makes for the control plane.
 const SA_USER: &str = "system:serviceaccount:zeroflow-system:zeroflow";
 const MANAGED: &str = "app.kubernetes.io/managed-by=zeroflow-api";
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new(kube_bin_dir().join("kubectl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kubectl {}: {text}", args.join(" "));
-    text
-}
 
 /// The admin kubeconfig, impersonating the control plane's ServiceAccount: what the server
 /// does with it, RBAC allows the ServiceAccount.
