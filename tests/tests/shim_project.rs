@@ -88,24 +88,12 @@ with zipfile.ZipFile(sys.argv[1], 'w') as z:
 
 /// `jc flow deploy DIR --json` with our `jc`; returns the Flow id.
 fn deploy(server: &Server, token: &str, cwd: &Path, dir: &str) -> String {
-    let out = Command::new(bin("jc"))
-        .args(["flow", "deploy", dir, "--json", "--timeout", "300"])
-        .current_dir(cwd)
-        .env("JCLOUD_API", server.url())
-        .env("JINA_AUTH_TOKEN", token)
-        .env("JINA_HUB_ROOT", cwd.join(".jina"))
-        .env("PATH", path_with_venv())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run jc");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "jc flow deploy failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = our_jc_json(
+        server,
+        token,
+        cwd,
+        &["flow", "deploy", dir, "--json", "--timeout", "300"],
     );
-    let v: serde_json::Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("jc flow deploy printed no JSON ({e}): {text}"));
     v["id"].as_str().expect("an id").to_string()
 }
 
