@@ -268,16 +268,7 @@ impl KubeRuntime {
         let mut external = vec![];
         let mut by_object = HashMap::new();
         for exec in &flow.executors {
-            let sets: Vec<Arc<ReplicaSet>> = (0..exec.shards)
-                .map(|_| {
-                    let mut rs =
-                        ReplicaSet::new(&exec.name, exec.retries).with_settings(settings(exec));
-                    if let Some(m) = &metrics {
-                        rs = rs.with_metrics(m.clone());
-                    }
-                    Arc::new(rs)
-                })
-                .collect();
+            let sets = crate::local::replica_sets(exec, &settings, metrics.as_ref());
             if let Some(addr) = &exec.external {
                 crate::local::add_external(exec, addr, &sets)?;
                 external.push((exec.name.clone(), sets));

@@ -140,6 +140,24 @@ impl LocalOptions {
     }
 }
 
+/// One replica set per shard of `exec`, the gateway's view of its replicas, with its throttle
+/// settings and the activator's metrics: every runtime builds them alike.
+pub fn replica_sets(
+    exec: &Executor,
+    settings: impl Fn(&Executor) -> zeroflow_activator::ThrottleSettings,
+    metrics: Option<&zeroflow_activator::ActivatorMetrics>,
+) -> Vec<Arc<ReplicaSet>> {
+    (0..exec.shards)
+        .map(|_| {
+            let mut rs = ReplicaSet::new(&exec.name, exec.retries).with_settings(settings(exec));
+            if let Some(m) = metrics {
+                rs = rs.with_metrics(m.clone());
+            }
+            Arc::new(rs)
+        })
+        .collect()
+}
+
 /// An `external: true` Executor is one replica at its address in every shard's set: the gateway
 /// calls it as it calls a local replica, and nothing here starts, scales or stops it. Every
 /// runtime does the same for them.
@@ -332,16 +350,7 @@ impl LocalRuntime {
         let mut external = vec![];
         let logs = LogBook::default();
         for exec in &flow.executors {
-            let sets: Vec<Arc<ReplicaSet>> = (0..exec.shards)
-                .map(|_| {
-                    let mut rs =
-                        ReplicaSet::new(&exec.name, exec.retries).with_settings(settings(exec));
-                    if let Some(m) = &metrics {
-                        rs = rs.with_metrics(m.clone());
-                    }
-                    Arc::new(rs)
-                })
-                .collect();
+            let sets = replica_sets(exec, &settings, metrics.as_ref());
             if let Some(addr) = &exec.external {
                 add_external(exec, addr, &sets)?;
                 external.push((exec.name.clone(), sets));
