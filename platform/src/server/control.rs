@@ -5,7 +5,7 @@
 //! serialised, and a newer request cancels an older one still starting.
 
 use super::ServerConfig;
-use super::flows::{FlowError, RunningFlow, bind_listeners, scheme};
+use super::flows::{FlowError, RunningFlow, bind_listeners, endpoint_names, scheme};
 use super::kube_backend::{Intent, KubeBackend};
 use super::names;
 use super::project::{self, Project};
@@ -973,22 +973,14 @@ impl Controller {
             return out;
         }
         let Some(flow) = flow else { return out };
-        let base = match rec.kind {
-            Kind::Flow => "gateway".to_string(),
-            Kind::Deployment => flow
-                .executors
-                .first()
-                .map(|e| e.name.clone())
-                .unwrap_or_else(|| "gateway".into()),
-        };
-        for (i, (l, port)) in flow.gateway.listeners.iter().zip(&rec.ports).enumerate() {
-            let key = if i == 0 {
-                base.clone()
-            } else {
-                format!("{base}-{}", super::flows::protocol_name(l.protocol))
-            };
+        let names = endpoint_names(rec.kind, flow);
+        for ((name, l), port) in names
+            .into_iter()
+            .zip(&flow.gateway.listeners)
+            .zip(&rec.ports)
+        {
             out.insert(
-                key,
+                name,
                 format!("{}://{}:{port}", scheme(l.protocol), self.cfg.public_host).into(),
             );
         }

@@ -3,6 +3,7 @@
 //! server` (many Flows, started, stopped and restarted by the control plane) and the gateway of
 //! a Flow on Kubernetes (built with [`RunningFlow::with_runtime`]).
 
+use super::store::Kind;
 use crate::local::{LocalOptions, LocalRuntime, RuntimeError};
 use crate::runtime::Runtime;
 use crate::scaling::ScalingHandle;
@@ -57,6 +58,32 @@ pub fn protocol_name(p: Protocol) -> &'static str {
         Protocol::Http => "http",
         Protocol::Websocket => "websocket",
     }
+}
+
+/// The names of `flow`'s listeners in `status.endpoints`, in order: the first `gateway` (a
+/// Deployment's: its Executor's name), the others `<that>-<protocol>`. Every backend names
+/// them so, as clients look them up by these names.
+pub fn endpoint_names(kind: Kind, flow: &Flow) -> Vec<String> {
+    let base = match kind {
+        Kind::Flow => "gateway".to_string(),
+        Kind::Deployment => flow
+            .executors
+            .first()
+            .map(|e| e.name.clone())
+            .unwrap_or_else(|| "gateway".into()),
+    };
+    flow.gateway
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{}", protocol_name(l.protocol))
+            }
+        })
+        .collect()
 }
 
 /// URL scheme a client uses for a listener.

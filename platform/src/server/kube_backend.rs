@@ -9,7 +9,7 @@
 //! (each Flow's autoscaler does).
 
 use super::control::Controller;
-use super::flows::protocol_name;
+use super::flows::{endpoint_names, protocol_name};
 use super::store::{Desired, FlowRecord, Kind, Phase, SecretRecord, StoreError};
 use crate::knative::dns_label;
 use crate::kube::crd::{FlowResource, FlowSpec, FlowStatus, ProjectSource};
@@ -912,24 +912,15 @@ pub fn api_endpoints(
     flow: &Flow,
     urls: &BTreeMap<String, String>,
 ) -> serde_json::Map<String, Value> {
-    let base = match kind {
-        Kind::Flow => "gateway".to_string(),
-        Kind::Deployment => flow
-            .executors
-            .first()
-            .map(|e| e.name.clone())
-            .unwrap_or_else(|| "gateway".into()),
-    };
     let mut out = serde_json::Map::new();
-    for (i, l) in flow.gateway.listeners.iter().enumerate() {
-        let proto = protocol_name(l.protocol);
-        let Some(url) = urls.get(proto) else { continue };
-        let key = if i == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{proto}")
+    for (name, l) in endpoint_names(kind, flow)
+        .into_iter()
+        .zip(&flow.gateway.listeners)
+    {
+        let Some(url) = urls.get(protocol_name(l.protocol)) else {
+            continue;
         };
-        out.insert(key, url.clone().into());
+        out.insert(name, url.clone().into());
     }
     out
 }
