@@ -6,7 +6,6 @@
 //!
 //! Needs `bash scripts/setup-kube.sh` and `cargo build --workspace --bins` first.
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,28 +20,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use zeroflow_tests::cluster::TestCluster;
-use zeroflow_tests::pid_alive;
+use zeroflow_tests::{pid_alive, wait_until};
 
 const NS: &str = "smoke";
-
-/// Polls `f` until it returns Some; fails naming `what` after `deadline`.
-async fn wait<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn apply(v: &serde_json::Value) -> Patch<&serde_json::Value> {
     Patch::Apply(v)
@@ -138,7 +118,7 @@ async fn test_cluster_runs_deployments_services_logs_crashloops_and_rbac() -> Re
     });
     services.patch("web", &ssa(), &apply(&svc)).await?;
 
-    let web_pods = wait("2 ready web pods", Duration::from_secs(120), || async {
+    let web_pods = wait_until("2 ready web pods", Duration::from_secs(120), || async {
         let list = pods
             .list(&ListParams::default().labels("app=web"))
             .await
@@ -158,7 +138,7 @@ async fn test_cluster_runs_deployments_services_logs_crashloops_and_rbac() -> Re
     assert_eq!(pids.len(), 2, "one process per pod: {pids:?}");
     assert!(pids.iter().all(|p| pid_alive(*p)), "processes {pids:?} run");
 
-    wait(
+    wait_until(
         "an EndpointSlice with 2 ready endpoints",
         Duration::from_secs(60),
         || async {
@@ -187,7 +167,7 @@ async fn test_cluster_runs_deployments_services_logs_crashloops_and_rbac() -> Re
         .and_then(|p| p.first().and_then(|p| p.node_port))
         .context("the Service has a nodePort")?;
     let addr = format!("{}:{node_port}", cluster.node_ip());
-    let (code, _) = wait(
+    let (code, _) = wait_until(
         "an answer through the NodePort",
         Duration::from_secs(60),
         || async { http_get(&addr, "/").await.ok() },
@@ -203,7 +183,7 @@ async fn test_cluster_runs_deployments_services_logs_crashloops_and_rbac() -> Re
     let mut hits = 0;
     for p in &web_pods {
         let name = p.metadata.name.as_deref().unwrap_or_default();
-        let logs = wait(
+        let logs = wait_until(
             "the request in the pod's log",
             Duration::from_secs(30),
             || async {
@@ -241,7 +221,7 @@ async fn test_cluster_runs_deployments_services_logs_crashloops_and_rbac() -> Re
             &Patch::Merge(json!({"spec": {"replicas": 0}})),
         )
         .await?;
-    wait(
+    wait_until(
         "the web pods to be gone",
         Duration::from_secs(90),
         || async {
@@ -258,7 +238,7 @@ async fn test_cluster_runs_deployments_services_logs_crashloops_and_rbac() -> Re
         "the pods' processes are gone: {:?}",
         pids.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
     );
-    wait(
+    wait_until(
         "the EndpointSlice to be empty",
         Duration::from_secs(60),
         || async {
@@ -284,7 +264,7 @@ async fn test_cluster_runs_deployments_services_logs_crashloops_and_rbac() -> Re
         }]},
     });
     pods.patch("crash", &ssa(), &apply(&crash)).await?;
-    let status = wait("CrashLoopBackOff", Duration::from_secs(90), || async {
+    let status = wait_until("CrashLoopBackOff", Duration::from_secs(90), || async {
         let p = pods.get("crash").await.ok()?;
         let s = p.status?.container_statuses?.into_iter().next()?;
         let waiting = s.state.as_ref()?.waiting.as_ref()?.reason.as_deref()? == "CrashLoopBackOff";
@@ -411,7 +391,7 @@ for name, path in [("get-pod", "/api/v1/namespaces/%s/pods/%s" % (ns, me)),
         },
     });
     pods.patch("whoami", &ssa(), &apply(&whoami)).await?;
-    let phase = wait(
+    let phase = wait_until(
         "the whoami pod to finish",
         Duration::from_secs(90),
         || async {
@@ -484,7 +464,7 @@ async fn pods_get_their_environment_init_containers_and_grace_period() -> Result
         },
     });
     pods.patch("env", &ssa(), &apply(&env_pod)).await?;
-    let pod = wait("the env pod to finish", Duration::from_secs(90), || async {
+    let pod = wait_until("the env pod to finish", Duration::from_secs(90), || async {
         let p = pods.get("env").await.ok()?;
         let phase = p.status.as_ref()?.phase.clone()?;
         matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
@@ -522,7 +502,7 @@ async fn pods_get_their_environment_init_containers_and_grace_period() -> Result
         },
     });
     pods.patch("stubborn", &ssa(), &apply(&stubborn)).await?;
-    let pod = wait(
+    let pod = wait_until(
         "the stubborn pod to run",
         Duration::from_secs(90),
         || async {
@@ -535,7 +515,7 @@ async fn pods_get_their_environment_init_containers_and_grace_period() -> Result
     let pid = *container_pids(&pod).first().context("a process")?;
     let asked = Instant::now();
     pods.delete("stubborn", &Default::default()).await?;
-    wait(
+    wait_until(
         "the stubborn pod to be removed",
         Duration::from_secs(60),
         || async { pods.get_opt("stubborn").await.ok()?.is_none().then_some(()) },

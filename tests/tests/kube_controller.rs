@@ -11,7 +11,6 @@
 //! Needs `bash scripts/setup-kube.sh` and `cargo build --workspace --bins` first.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,12 +24,11 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::time::Instant;
 use zeroflow_platform::kube::controller::{self, ControllerOptions};
 use zeroflow_platform::kube::crd::{FlowPhase, FlowResource, FlowSpec, FlowStatus};
 use zeroflow_platform::kube::names;
 use zeroflow_tests::cluster::TestCluster;
-use zeroflow_tests::{load, workspace_root};
+use zeroflow_tests::{load, wait_until, workspace_root};
 
 const NS: &str = "zf-ctl";
 const CRASH_NS: &str = "zf-crash";
@@ -56,25 +54,6 @@ executors:
     command: [sh, -c, "echo boom-from-the-executor; exit 3"]
 "#;
 
-/// Polls `f` until it returns Some; fails naming `what` after `deadline`.
-async fn wait<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn flow_resource(name: &str, yaml: &str) -> FlowResource {
     FlowResource::new(
         name,
@@ -95,7 +74,7 @@ async fn wait_status(
     ok: impl Fn(&FlowStatus) -> bool,
 ) -> Result<FlowStatus> {
     let last = Arc::new(Mutex::new(None));
-    let got = wait(what, LONG, || {
+    let got = wait_until(what, LONG, || {
         let last = last.clone();
         let ok = &ok;
         async move {
@@ -159,7 +138,7 @@ async fn the_controller_runs_a_flow_resource_and_garbage_collects_it() -> Result
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch("flows.zeroflow.dev", &ssa, &Patch::Apply(&crd))
         .await?;
-    wait(
+    wait_until(
         "the Flow CRD established",
         Duration::from_secs(60),
         || async {
@@ -211,7 +190,7 @@ async fn the_controller_runs_a_flow_resource_and_garbage_collects_it() -> Result
 
     let flows: Api<FlowResource> = Api::namespaced(client.clone(), NS);
     let crash_flows: Api<FlowResource> = Api::namespaced(client.clone(), CRASH_NS);
-    let created = wait(
+    let created = wait_until(
         "the Flow resource created",
         Duration::from_secs(60),
         || async {
@@ -396,7 +375,7 @@ async fn the_controller_runs_a_flow_resource_and_garbage_collects_it() -> Result
         phase_is(FlowPhase::Paused),
     )
     .await?;
-    wait("every Deployment at 0 and no pod", LONG, || async {
+    wait_until("every Deployment at 0 and no pod", LONG, || async {
         let ds = deployments.list(&by_flow("ctl")).await.ok()?.items;
         let pods = pods_all.list(&by_flow("ctl")).await.ok()?.items;
         (ds.len() == 3 && ds.iter().all(|d| replicas(d) == Some(0)) && pods.is_empty())
@@ -435,7 +414,7 @@ async fn the_controller_runs_a_flow_resource_and_garbage_collects_it() -> Result
             &Patch::Merge(json!({"spec": {"yaml": without_lazy}})),
         )
         .await?;
-    wait("lazy's objects pruned", LONG, || async {
+    wait_until("lazy's objects pruned", LONG, || async {
         let ds = names_of(&deployments, "ctl").await;
         let ss = names_of(&services, "ctl").await;
         (ds == set(&["exec-echo", "gateway"]) && ss == set(&["exec-echo", "gateway"])).then_some(())
@@ -475,7 +454,7 @@ async fn the_controller_runs_a_flow_resource_and_garbage_collects_it() -> Result
     let roles: Api<Role> = Api::namespaced(client.clone(), NS);
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), NS);
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
-    wait("everything of the Flow collected", LONG, || async {
+    wait_until("everything of the Flow collected", LONG, || async {
         let left = names_of(&deployments, "ctl").await.len()
             + names_of(&services, "ctl").await.len()
             + names_of(&roles, "ctl").await.len()

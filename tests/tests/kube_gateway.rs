@@ -8,7 +8,6 @@
 //!
 //! Needs `bash scripts/setup-kube.sh` and `cargo build --workspace --bins` first.
 
-use std::future::Future;
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use tokio::time::Instant;
 use zeroflow_platform::kube::crd::{FlowResource, FlowSpec};
 use zeroflow_platform::kube::names;
 use zeroflow_tests::cluster::TestCluster;
-use zeroflow_tests::load;
+use zeroflow_tests::{load, wait_until};
 
 const FLOW_ID: &str = "gwtest";
 const EXECUTOR: &str = "e";
@@ -43,25 +42,6 @@ executors:
         stable_window: 6s
         scale_down_delay: 0s
 "#;
-
-/// Polls `f` until it returns Some; fails naming `what` after `deadline`.
-async fn wait<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// An Executor's Deployment as the controller writes it: the shim around `command`, no
 /// `replicas` (the autoscaler's).
@@ -153,7 +133,7 @@ async fn make_flow(
     let crd = FlowResource::crd();
     let crd_name = crd.metadata.name.clone().context("the CRD has a name")?;
     crds.patch(&crd_name, &ssa, &Patch::Apply(&crd)).await?;
-    wait(
+    wait_until(
         "the Flow CRD to be established",
         Duration::from_secs(60),
         || async {
@@ -176,7 +156,7 @@ async fn make_flow(
             ..Default::default()
         },
     );
-    wait(
+    wait_until(
         "the Flow resource to be created",
         Duration::from_secs(60),
         || async {
@@ -292,7 +272,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
             .ok()?;
         list.items.is_empty().then_some(())
     };
-    wait(
+    wait_until(
         "the Executor at zero, no pod",
         Duration::from_secs(120),
         no_pods,
@@ -349,7 +329,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
     assert_eq!(scale_writer.operation.as_deref(), Some("Apply"));
     assert_eq!(replicas_owners(&d), [names::AUTOSCALER_MANAGER]);
     let printed = |needle: &str| served.printed(needle);
-    wait(
+    wait_until(
         "the scaling event line",
         Duration::from_secs(10),
         || async { printed("e: scaling 0 -> 1").then_some(()) },
@@ -366,7 +346,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
     );
 
     // Idle: back to zero (stable window 6 s, grace 1 s, no scale-down delay).
-    wait(
+    wait_until(
         "the Deployment back at 0",
         Duration::from_secs(180),
         || async {
@@ -375,8 +355,8 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
         },
     )
     .await?;
-    wait("the Executor's pod gone", Duration::from_secs(180), no_pods).await?;
-    wait(
+    wait_until("the Executor's pod gone", Duration::from_secs(180), no_pods).await?;
+    wait_until(
         "the scale-down event line",
         Duration::from_secs(10),
         || async { printed("e: scaling 1 -> 0").then_some(()) },
@@ -398,7 +378,7 @@ async fn the_gateway_wakes_an_executor_from_zero_on_kubernetes_and_lets_it_go_ba
     // that died after a wake-up leaves it). It does not scale at start, counts the pod ready
     // from the slices it lists, and sends the first request straight to it.
     zeroflow_platform::kube::runtime::apply_scale(&deployments, &object, 1).await?;
-    wait("one ready pod", Duration::from_secs(120), || async {
+    wait_until("one ready pod", Duration::from_secs(120), || async {
         let list = pods
             .list(&ListParams::default().labels(&selector))
             .await
@@ -488,7 +468,7 @@ async fn requests_for_a_crash_looping_executor_fail_at_once_saying_why() -> Resu
     .await?;
     let pods = &made.pods;
     let selector = &made.selector;
-    wait(
+    wait_until(
         "the Executor's pod in CrashLoopBackOff",
         Duration::from_secs(120),
         || async {
