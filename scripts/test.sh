@@ -7,6 +7,8 @@ export JINA_OPTOUT_TELEMETRY=1 NO_VERSION_CHECK=1
 bash scripts/setup-python.sh
 # A real S3-compatible server (s3rver) for the S3 artifact store tests.
 bash scripts/setup-s3.sh
+# The dashboard's front end (embedded in jc) and the browser its test drives.
+bash scripts/setup-dashboard.sh
 # Kubernetes' own API server, controller manager and scheduler for the cluster tests (cold: ~12 min).
 bash scripts/setup-kube.sh
 # The end-to-end tests run the workspace's binaries (jc, zeroflow-shim, the test Executor).
@@ -15,4 +17,8 @@ cargo build --workspace --bins
 cargo test --workspace --no-run
 # Inside a network namespace of the test run's own: the test cluster's Pods have addresses in
 # 198.18.0.0/15, which are local only there (scripts/in-test-netns.sh says why).
-bash scripts/in-test-netns.sh cargo test --workspace --no-fail-fast
+# The dashboard in a real browser (chromium, headless) runs after them, whatever they gave.
+status=0
+bash scripts/in-test-netns.sh cargo test --workspace --no-fail-fast || status=$?
+(cd dashboard && bash ../scripts/in-test-netns.sh npm test) || status=$?
+exit "$status"
