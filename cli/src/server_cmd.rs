@@ -155,6 +155,7 @@ async fn serve(args: ServerArgs) -> i32 {
         cfg.kubernetes = Some(server::kube_backend::KubeOptions {
             advertise_url,
             run_controller: !args.no_controller,
+            autoscaler: args.autoscaler.clone(),
         });
     } else if args.advertise_url.is_some() || args.no_controller {
         eprintln!("error: --advertise-url and --no-controller need --runtime kubernetes");

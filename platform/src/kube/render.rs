@@ -49,6 +49,9 @@ pub struct RenderOptions {
     /// The gateway Service's type when the Flow is exposed (`jcloud.expose`, the default) and
     /// its resource says nothing.
     pub default_expose: ServiceExposure,
+    /// Server-level autoscaler settings, Knative's `KEY=VALUE` (what `jc server --autoscaler`
+    /// was given): every gateway's autoscaler runs with them.
+    pub autoscaler: Vec<String>,
 }
 
 impl Default for RenderOptions {
@@ -58,6 +61,7 @@ impl Default for RenderOptions {
             runtime_image: image.clone(),
             gateway_image: image,
             default_expose: ServiceExposure::NodePort,
+            autoscaler: vec![],
         }
     }
 }
@@ -643,7 +647,7 @@ fn gateway(ctx: &Ctx) -> (Deployment, Service, Vec<(Protocol, u16)>) {
         .map(|(_, p)| p.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let command = vec![
+    let mut command = vec![
         "jc".to_string(),
         "flow".into(),
         "serve".into(),
@@ -660,6 +664,10 @@ fn gateway(ctx: &Ctx) -> (Deployment, Service, Vec<(Protocol, u16)>) {
         "--metrics-port".into(),
         names::GATEWAY_METRICS_PORT.to_string(),
     ];
+    // A change of them changes the pod template, so the gateway rolls onto them.
+    for pair in &ctx.opts.autoscaler {
+        command.extend(["--autoscaler".to_string(), pair.clone()]);
+    }
     let mut container_ports: Vec<ContainerPort> = ports
         .iter()
         .map(|(proto, p)| port(protocol_name(*proto), *p))

@@ -53,6 +53,9 @@ pub struct KubeOptions {
     pub advertise_url: String,
     /// Runs the Flow controller in this process (false when it runs elsewhere).
     pub run_controller: bool,
+    /// `jc server --autoscaler KEY=VALUE` pairs, for every Flow's gateway (where its autoscaler
+    /// runs).
+    pub autoscaler: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,11 +170,9 @@ impl KubeBackend {
         if self.opts.run_controller {
             // Its metrics are not served by `jc server`; the registry only has to exist.
             let mut registry = prometheus_client::registry::Registry::default();
-            let controller = crate::kube::controller::run(
-                self.client.clone(),
-                crate::kube::controller::ControllerOptions::default(),
-                &mut registry,
-            );
+            let mut opts = crate::kube::controller::ControllerOptions::default();
+            opts.render.autoscaler = self.opts.autoscaler.clone();
+            let controller = crate::kube::controller::run(self.client.clone(), opts, &mut registry);
             self.keep(tokio::spawn(controller));
         }
         let (this, c) = (self.clone(), ctrl.clone());

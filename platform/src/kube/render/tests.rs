@@ -609,3 +609,41 @@ fn bad_resources_are_refused_naming_why() {
     r.metadata.uid = None;
     assert_eq!(render_yaml(&r).unwrap_err(), RenderError::NoUid);
 }
+
+#[test]
+fn the_servers_autoscaler_settings_reach_every_gateway() {
+    // `jc server --autoscaler KEY=VALUE` is server-level (Knative's config-autoscaler): the
+    // gateway pods run the autoscalers, so they get the same pairs.
+    let r = resource(
+        "jtype: Flow\nexecutors:\n  - name: e\n    uses: docker://e:1\n",
+        |_| {},
+    );
+    let flow = crate::server::control::load_spec_with(&r.spec.yaml, Some(&r.spec.env))
+        .expect("loads")
+        .flow;
+    let opts = RenderOptions {
+        autoscaler: vec![
+            "scale-to-zero-grace-period=2s".into(),
+            "stable-window=20s".into(),
+        ],
+        ..RenderOptions::default()
+    };
+    let cmd = command(&render(&r, &flow, &opts).expect("renders").gateway);
+    let pairs: Vec<&str> = cmd
+        .windows(2)
+        .filter(|w| w[0] == "--autoscaler")
+        .map(|w| w[1].as_str())
+        .collect();
+    assert_eq!(
+        pairs,
+        ["scale-to-zero-grace-period=2s", "stable-window=20s"]
+    );
+    let none = command(
+        &ok(
+            "jtype: Flow\nexecutors:\n  - name: e\n    uses: docker://e:1\n",
+            |_| {},
+        )
+        .gateway,
+    );
+    assert!(!none.contains(&"--autoscaler".to_string()));
+}
