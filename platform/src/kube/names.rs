@@ -87,7 +87,10 @@ pub fn labels(
     m.insert("app.kubernetes.io/instance".into(), flow_resource(flow_id));
     m.insert("app.kubernetes.io/component".into(), component.to_string());
     m.insert("app.kubernetes.io/part-of".into(), "zeroflow".into());
-    m.insert("app.kubernetes.io/managed-by".into(), CONTROLLER_MANAGER.into());
+    m.insert(
+        "app.kubernetes.io/managed-by".into(),
+        CONTROLLER_MANAGER.into(),
+    );
     m.insert(LABEL_FLOW.into(), flow_resource(flow_id));
     if let Some(e) = executor {
         m.insert(LABEL_EXECUTOR.into(), dns_label(e, 63));
