@@ -470,7 +470,15 @@ pub async fn serve(mut args: ServeArgs) -> i32 {
             .name
             .clone()
             .or_else(|| flow.jcloud.name.clone())
-            .unwrap_or_else(|| what.rsplit('/').next().unwrap_or("flow").to_string());
+            .unwrap_or_else(|| {
+                // A project's flow.yml is named after its folder.
+                let p = Path::new(&what);
+                let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("flow");
+                match (stem, p.parent().and_then(|d| d.file_name())) {
+                    ("flow", Some(dir)) => dir.to_string_lossy().into_owned(),
+                    _ => stem.to_string(),
+                }
+            });
         let local = zeroflow_dashboard::LocalFlow {
             id: "local".into(),
             name,

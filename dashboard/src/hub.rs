@@ -383,6 +383,16 @@ impl Hub {
                 .map(|s| s.latency())
                 .filter(|l| l.total() > 0)
                 .map(Box::new);
+            // The counts now, so a page that comes before the next tick has them.
+            let t = (self.clock.now_ms() / 1000) as u32;
+            st.record(Sample {
+                t,
+                desired: runtime.desired(&e.name).min(u32::from(u16::MAX)) as u16,
+                ready: runtime.ready_replicas(&e.name).min(u32::from(u16::MAX)) as u16,
+                rps: 0.0,
+                p50_ms: f32::NAN,
+                p99_ms: f32::NAN,
+            });
             state.push(st);
             first_shards.push(first);
         }
@@ -419,22 +429,6 @@ impl Hub {
             .lock()
             .get(id)
             .is_some_and(|w| Arc::ptr_eq(&w.runtime, runtime))
-    }
-
-    /// `(executor, desired, ready)` at the latest sample, for the Flows list (an Executor not
-    /// sampled yet is left out).
-    pub fn counts(&self, id: &str) -> Option<Vec<(String, u32, u32)>> {
-        let w = self.flows.lock().get(id).cloned()?;
-        let st = w.state.lock();
-        // Not sampled yet: not counted.
-        Some(
-            st.iter()
-                .filter_map(|e| {
-                    let s = e.latest?;
-                    Some((e.name.clone(), u32::from(s.desired), u32::from(s.ready)))
-                })
-                .collect(),
-        )
     }
 
     /// Samples every watched Flow once (the sampler calls it each second). Returns how many

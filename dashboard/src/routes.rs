@@ -275,15 +275,26 @@ impl Pages {
         }
     }
 
-    fn at_zero(&self, id: &str, running: bool) -> Option<usize> {
-        if !running {
-            return None;
-        }
-        let counts = self.hub.counts(id)?;
-        Some(counts.iter().filter(|(_, d, r)| *d == 0 && *r == 0).count())
+    /// Executors run here with no replica asked for and none ready, read from the runtime now
+    /// (not from the last sample: a Flow started a moment ago counts too).
+    fn at_zero(runtime: Option<&Arc<dyn Runtime>>, flow: Option<&Flow>) -> Option<usize> {
+        let (rt, flow) = (runtime?, flow?);
+        Some(
+            flow.executors
+                .iter()
+                .filter(|e| e.external.is_none())
+                .filter(|e| rt.desired(&e.name) == 0 && rt.ready_replicas(&e.name) == 0)
+                .count(),
+        )
     }
 
-    fn summary(&self, c: &Controller, rec: &FlowRecord, flow: Option<&Flow>) -> FlowSummary {
+    fn summary(
+        &self,
+        c: &Controller,
+        rec: &FlowRecord,
+        flow: Option<&Flow>,
+        runtime: Option<&Arc<dyn Runtime>>,
+    ) -> FlowSummary {
         let endpoints = c
             .endpoints(rec, flow)
             .into_iter()
@@ -302,7 +313,7 @@ impl Pages {
             endpoints,
             created: rec.ctime.clone(),
             executors: flow.map_or(0, |f| f.executors.len()),
-            at_zero: self.at_zero(&rec.id, running),
+            at_zero: running.then(|| Self::at_zero(runtime, flow)).flatten(),
         }
     }
 
@@ -316,7 +327,7 @@ impl Pages {
             endpoints: f.endpoints.clone(),
             created: f.created.clone(),
             executors: f.flow.executors.len(),
-            at_zero: self.at_zero(&f.id, true),
+            at_zero: Self::at_zero(Some(&f.runtime), Some(&f.flow)),
         }
     }
 
@@ -361,11 +372,16 @@ async fn list(State(p): State<Pages>, headers: HeaderMap) -> Response {
                 Ok(r) => r,
                 Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             };
+            let runtimes: std::collections::HashMap<String, Arc<dyn Runtime>> = c
+                .runtimes()
+                .into_iter()
+                .map(|r| (r.id, r.runtime))
+                .collect();
             recs.iter()
                 .filter(|r| r.desired != Desired::Deleted)
                 .map(|r| {
                     let flow = c.load_record(r).ok().map(|l| l.flow);
-                    p.summary(c, r, flow.as_ref())
+                    p.summary(c, r, flow.as_ref(), runtimes.get(&r.id))
                 })
                 .collect()
         }
@@ -402,7 +418,10 @@ async fn detail(State(p): State<Pages>, headers: HeaderMap, Path(id): Path<Strin
             let flow = c.load_record(&rec).ok().map(|l| l.flow);
             let actions = vec!["scale", "pause", "resume", "restart", "remove"];
             FlowDetail {
-                summary: p.summary(c, &rec, flow.as_ref()),
+                summary: {
+                    let rt = c.runtimes().into_iter().find(|r| r.id == rec.id);
+                    p.summary(c, &rec, flow.as_ref(), rt.as_ref().map(|r| &r.runtime))
+                },
                 graph: flow.as_ref().map(graph).unwrap_or_default(),
                 actions,
                 note: (rec.kind == Kind::Deployment)

@@ -268,10 +268,20 @@ test("jc server: sign in, see the Flow, watch a wake-up from zero, follow its lo
           (await text(page, "[data-testid=live-status]")) === "live",
         );
       }
-      // The charts have drawn a second of data before the picture.
+      // The charts have drawn a second of data before the picture, and no toast covers it.
       await page.waitForFunction(() => document.querySelectorAll(".uplot canvas").length >= 9);
+      await page.locator(".toast").waitFor({ state: "detached", timeout: 30_000 });
       mkdirSync(shots, { recursive: true });
-      await page.screenshot({ path: join(shots, `dashboard-flow-${scheme}.png`), fullPage: true });
+      // The top of the page down to the woken Executor's section: the graph, the snippet, and
+      // greeter's charts, cold start, decision and log.
+      const bottom = await page
+        .locator('[data-executor="greeter"]')
+        .evaluate((el) => el.getBoundingClientRect().bottom + window.scrollY);
+      await page.screenshot({
+        path: join(shots, `dashboard-flow-${scheme}.png`),
+        fullPage: true,
+        clip: { x: 0, y: 0, width: 1280, height: Math.ceil(bottom + 12) },
+      });
       assert.deepEqual(errors, [], "no errors in the page");
       await ctx.close();
     }
@@ -309,6 +319,8 @@ test("jc flow serve: no sign-in, the wake-up, and scale as the only action", { t
     await wakeUpAndWatch(page, "jc flow serve");
     await scaleFromPage(page, "jc flow serve");
     mkdirSync(shots, { recursive: true });
+    await page.locator(".toast").waitFor({ state: "detached", timeout: 30_000 });
+    await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: join(shots, "dashboard-phone.png"), fullPage: false });
     assert.deepEqual(errors, [], "no errors in the page");
   } catch (e) {

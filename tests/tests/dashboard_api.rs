@@ -59,7 +59,7 @@ fn events(
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
     )
     .unwrap();
     let mut r = BufReader::new(s);
@@ -177,15 +177,9 @@ fn dashboard_reads_need_a_token_show_only_the_users_flows_and_stream_its_live_fe
     assert_eq!((s, b.as_str()), (200, r#"{"flows":[]}"#));
 
     // The owner's list: the Flow, serving, with its endpoint and its Executor at zero.
-    let v = zeroflow_tests::wait_for(
-        "the Executor counted at zero",
-        Duration::from_secs(30),
-        || {
-            let (_, _, b) = get(port, "/ui/api/flows", &[("Authorization", &alice)]);
-            let v: serde_json::Value = serde_json::from_str(&b).ok()?;
-            (v["flows"][0]["at_zero"] == 1).then_some(v)
-        },
-    );
+    let (_, _, b) = get(port, "/ui/api/flows", &[("Authorization", &alice)]);
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["flows"][0]["at_zero"], 1, "{v}");
     let f = &v["flows"][0];
     assert_eq!(
         (f["id"].as_str(), f["phase"].as_str()),
@@ -212,14 +206,19 @@ fn dashboard_reads_need_a_token_show_only_the_users_flows_and_stream_its_live_fe
         serde_json::json!(["scale", "pause", "resume", "restart", "remove"])
     );
 
-    // The live feed: the phase, the history, then a sample a second.
-    let got = events(
-        port,
-        &format!("/ui/api/flows/{id}/events"),
-        &alice,
-        Duration::from_secs(30),
-        |evs| evs.iter().filter(|(n, _)| n == "samples").count() >= 2,
-    );
+    // The live feed: the phase, the history, then a sample a second. The dashboard watches a
+    // Flow within a second of its start; before, the history says it is not live and the
+    // stream ends for the page to ask again.
+    let got = zeroflow_tests::wait_for("the Flow's live feed", Duration::from_secs(60), || {
+        let got = events(
+            port,
+            &format!("/ui/api/flows/{id}/events"),
+            &alice,
+            Duration::from_secs(30),
+            |evs| evs.iter().filter(|(n, _)| n == "samples").count() >= 2,
+        );
+        (got.get(1).is_some_and(|(_, h)| h["live"] == true)).then_some(got)
+    });
     let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(&names[..2], ["flow", "history"], "{names:?}");
     assert_eq!(got[0].1["phase"], "Serving");

@@ -2,6 +2,10 @@
 //! (default 1000) whose Executor sits at zero replicas, then prints a table: the server's memory,
 //! the time of `jc flow list` over all of them, and the time of one scaling decision pass over N
 //! autoscaled Executors (the pure decider, in process). A report, not a test.
+//!
+//! `--no-dashboard` runs `jc server --no-dashboard`, to compare the memory the dashboard adds:
+//! with it, the server's CPU over 30 idle seconds and its memory after the dashboard's Flows list
+//! and one Flow's live feed are read are reported too.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -71,6 +75,19 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
+/// User + system CPU seconds of process `pid` (/proc/PID/stat, at 100 ticks a second).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -86,6 +103,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    let dashboard = !args.iter().any(|a| a == "--no-dashboard");
     let bin_dir: PathBuf = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -114,6 +132,11 @@ fn main() {
         Command::new(&jc)
             .args(["server", "--port", &port.to_string(), "--data-dir"])
             .arg(&data)
+            .args(if dashboard {
+                &[][..]
+            } else {
+                &["--no-dashboard"][..]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -154,7 +177,39 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let settle_s = t1.elapsed().as_secs_f64();
+    // The dashboard watches a Flow within a second of its start, and samples each second.
+    std::thread::sleep(Duration::from_secs(5));
     let (rss, hwm) = rss_mib(server.0.id());
+    // 30 idle seconds: what sampling 1000 Flows each second costs.
+    let cpu0 = cpu_seconds(server.0.id());
+    std::thread::sleep(Duration::from_secs(30));
+    let idle_cpu_pct = (cpu_seconds(server.0.id()) - cpu0) / 30.0 * 100.0;
+    let (rss_idle, _) = rss_mib(server.0.id());
+    // The dashboard's reads: the Flows list and five seconds of one Flow's live feed.
+    let read = dashboard.then(|| {
+        let (status, body) = http(port, "GET", "/ui/api/flows", &token, "");
+        assert!(status == 200, "GET /ui/api/flows answered {status}");
+        let listed = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["flows"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(listed, n, "the dashboard lists every Flow");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            s,
+            "GET /ui/api/flows/{}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n",
+            ids[0]
+        )
+        .expect("write");
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            got += s.read(&mut buf).unwrap_or(0);
+        }
+        assert!(got > 0, "the live feed answered nothing");
+        rss_mib(server.0.id())
+    });
 
     // `jc flow list` as a user runs it: a process, one REST call, a table.
     let mut list_ms = vec![];
@@ -214,9 +269,18 @@ fn main() {
     println!("|---|---:|---:|---|");
     println!("| jc server memory at idle (high-water) | {idle_hwm:.1} MiB | | |");
     println!(
-        "| jc server memory with {n} Flows (RSS / high-water) | {rss:.1} / {hwm:.1} MiB | ≤ 200 MiB | {} |",
+        "| jc server memory with {n} Flows (RSS / high-water){} | {rss:.1} / {hwm:.1} MiB | ≤ 200 MiB | {} |",
+        if dashboard { "" } else { ", no dashboard" },
         verdict(rss <= 200.0)
     );
+    println!(
+        "| jc server RSS after 30 idle s / CPU over them | {rss_idle:.1} MiB / {idle_cpu_pct:.1} % of a core | | |"
+    );
+    if let Some((rss_read, hwm_read)) = read {
+        println!(
+            "| jc server memory after the dashboard's list and 5 s of a live feed (RSS / high-water) | {rss_read:.1} / {hwm_read:.1} MiB | | |"
+        );
+    }
     println!(
         "| `jc flow list --json` p50 / max (10 runs) | {:.1} / {:.1} ms | < 100 ms | {} |",
         percentile(&list_ms, 0.5),

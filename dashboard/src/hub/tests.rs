@@ -111,7 +111,6 @@ async fn an_idle_executor_keeps_one_sample_however_long_it_stays_at_zero() {
     let hub = Hub::new(Limits::default());
     let rt = Scripted::new(&["e"]);
     hub.watch("f", &flow(ONE_AT_ZERO), rt.clone(), None);
-    assert_eq!(hub.counts("f"), Some(vec![]), "not sampled yet");
     for _ in 0..600 {
         hub.tick();
         second().await;
@@ -121,7 +120,6 @@ async fn an_idle_executor_keeps_one_sample_however_long_it_stays_at_zero() {
     assert_eq!((s[0].desired, s[0].ready), (0, 0));
     // One Executor's rings: its state and one small allocation for the sample ring.
     assert!(hub.ring_bytes() < 1024, "{} bytes", hub.ring_bytes());
-    assert_eq!(hub.counts("f"), Some(vec![("e".to_string(), 0, 0)]));
 }
 
 #[tokio::test(start_paused = true)]
