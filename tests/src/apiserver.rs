@@ -117,6 +117,9 @@ impl ApiServer {
                 .current_dir(d)
                 .arg(format!("--etcd-servers={etcd_url}"))
                 .arg("--bind-address=127.0.0.1")
+                // Without it the server derives its address from the default route, which a
+                // test network namespace does not have.
+                .arg("--advertise-address=127.0.0.1")
                 .arg(format!("--secure-port={api_port}"))
                 .arg(format!("--tls-cert-file={}", certs.serving_cert.display()))
                 .arg(format!(
