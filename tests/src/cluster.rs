@@ -208,3 +208,19 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// The field managers that own `spec.replicas` of a Deployment (the autoscaler's field: the
+/// controller's applies must never hold it for an Executor).
+pub fn replicas_owners(d: &k8s_openapi::api::apps::v1::Deployment) -> Vec<String> {
+    d.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect()
+}

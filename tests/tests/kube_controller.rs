@@ -27,7 +27,7 @@ use serde_json::json;
 use zeroflow_platform::kube::controller::{self, ControllerOptions};
 use zeroflow_platform::kube::crd::{FlowPhase, FlowResource, FlowSpec, FlowStatus};
 use zeroflow_platform::kube::names;
-use zeroflow_tests::cluster::TestCluster;
+use zeroflow_tests::cluster::{TestCluster, replicas_owners};
 use zeroflow_tests::{load, wait_until, workspace_root};
 
 const NS: &str = "zf-ctl";
@@ -93,19 +93,6 @@ fn phase_is(p: FlowPhase) -> impl Fn(&FlowStatus) -> bool {
 
 fn replicas(d: &Deployment) -> Option<i32> {
     d.spec.as_ref()?.replicas
-}
-
-/// Field managers holding `spec.replicas`.
-fn replicas_owners(d: &Deployment) -> Vec<String> {
-    d.managed_fields()
-        .iter()
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
-        })
-        .filter_map(|m| m.manager.clone())
-        .collect()
 }
 
 fn by_flow(flow: &str) -> ListParams {

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use zeroflow_platform::kube::crd::{FlowResource, FlowSpec};
 use zeroflow_platform::kube::names;
-use zeroflow_tests::cluster::TestCluster;
+use zeroflow_tests::cluster::{TestCluster, replicas_owners};
 use zeroflow_tests::{load, wait_until};
 
 const FLOW_ID: &str = "gwtest";
@@ -213,21 +213,6 @@ async fn make_flow(
 fn controller_apply() -> PatchParams {
     // No force: a conflict with the autoscaler's `replicas` must fail the test, not be taken.
     PatchParams::apply(names::CONTROLLER_MANAGER)
-}
-
-/// Who owns `spec.replicas` of a Deployment, by field manager.
-fn replicas_owners(d: &Deployment) -> Vec<String> {
-    d.metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
-        })
-        .filter_map(|m| m.manager.clone())
-        .collect()
 }
 
 fn spec_replicas(d: &Deployment) -> Option<i32> {
